@@ -1,0 +1,71 @@
+# lora-ens-rs developer commands. `make help` lists them; CI runs `make test`.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+FIXTURES := tests/fixtures/tiny
+export LORA_ENS_RS_FIXTURES := $(abspath $(FIXTURES))
+
+.PHONY: help
+help:  ## List the targets with what they do
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip "maturin>=1.7,<2"
+
+.PHONY: setup
+setup: $(PY)  ## Create .venv, build the engine (release) and install the package with every extra
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(BIN)):$$PATH \
+		$(BIN)/maturin develop --release --extras test
+	$(BIN)/lora-ens-rs fetch-model
+
+.PHONY: build
+build: $(PY)  ## Rebuild the engine into .venv after a Rust change (release)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(BIN)):$$PATH \
+		$(BIN)/maturin develop --release --skip-install
+
+.PHONY: fixtures
+fixtures:  ## Write the tiny random LLaMA test model (GGUF + HF) into tests/fixtures/tiny
+	$(PY) scripts/make_tiny_llama.py --out $(FIXTURES)
+
+.PHONY: lint
+lint:  ## cargo fmt --check, clippy -D warnings, ruff check and ruff format --check
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(BIN)/ruff check python tests scripts benches
+	$(BIN)/ruff format --check python tests scripts benches
+
+.PHONY: fmt
+fmt:  ## Format Rust and Python sources in place
+	cargo fmt --all
+	$(BIN)/ruff format python tests scripts benches
+	$(BIN)/ruff check --fix python tests scripts benches
+
+.PHONY: test-rust
+test-rust:  ## Rust unit, integration and doc tests of the engine and CLI crates
+	cargo test --workspace --exclude lora-ens-py
+
+.PHONY: test-py
+test-py:  ## pytest: Python API, CLI, parity with transformers / PEFT (slow tests included)
+	$(BIN)/pytest
+
+.PHONY: test
+test: setup fixtures lint test-rust test-py  ## Install everything, then run every lint and test
+
+.PHONY: demo
+demo: setup  ## Install everything and run the main job on the default model
+	$(BIN)/lora-ens-rs --help
+
+.PHONY: bench
+bench:  ## Side-by-side benchmarks against transformers / llama.cpp (see benches/README.md)
+	$(PY) benches/bench_scoring.py
+
+.PHONY: clean
+clean:  ## Remove build outputs, the virtual environment and generated fixtures
+	cargo clean
+	rm -rf $(VENV) $(FIXTURES)

@@ -1,0 +1,88 @@
+//! The one place where engine errors become Python exceptions. The exception classes are
+//! defined in `lora_ens_rs/errors.py` (so they can also subclass built-ins such as
+//! `FileNotFoundError` and `ValueError`); this file picks the class for each variant and
+//! runs engine calls with the GIL released and panics caught.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use lora_ens::Error;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+/// The Python exception class name for an engine error: one exhaustive match.
+fn class_name(err: &Error) -> &'static str {
+    match err {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            "MissingFileError"
+        }
+        Error::Io { .. } => "LoraEnsIOError",
+        Error::InvalidGguf { .. }
+        | Error::UnsupportedModel { .. }
+        | Error::Tensor { .. }
+        | Error::Metadata { .. } => "ModelLoadError",
+        Error::Tokenizer(_) => "TokenizerError",
+        Error::Label(_) => "LabelError",
+        Error::Adapter { .. } => "AdapterError",
+        Error::Input(_) => "InputError",
+        Error::ModelFetch(_) => "ModelFetchError",
+        Error::Device(_) => "DeviceError",
+        Error::Candle(_) => "EngineError",
+    }
+}
+
+fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
+    let module = py.import("lora_ens_rs.errors")?;
+    Ok(module.getattr(name)?.cast_into::<PyType>()?)
+}
+
+fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
+    match exception_class(py, name) {
+        Ok(cls) => PyErr::from_type(cls, (message,)),
+        Err(e) => e,
+    }
+}
+
+/// Run an engine call with the GIL released; an engine error becomes its exception and a
+/// panic becomes `EngineError` instead of tearing down the interpreter.
+pub fn call<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce() -> lora_ens::Result<T> + Send,
+{
+    let outcome = py.detach(|| catch_unwind(AssertUnwindSafe(f)));
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(raise(py, class_name(&err), err.to_string())),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(raise(
+                py,
+                "EngineError",
+                format!("internal error (please report it): {what}"),
+            ))
+        }
+    }
+}
+
+/// The class names this module raises, checked at import against `errors.py`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add(
+        "_ERROR_CLASSES",
+        vec![
+            "MissingFileError",
+            "LoraEnsIOError",
+            "ModelLoadError",
+            "TokenizerError",
+            "LabelError",
+            "AdapterError",
+            "InputError",
+            "ModelFetchError",
+            "DeviceError",
+            "EngineError",
+        ],
+    )
+}

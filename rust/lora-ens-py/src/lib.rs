@@ -1,0 +1,20 @@
+//! `lora_ens_rs._core`: PyO3 bindings of the lora-ens engine. Each file mirrors an engine
+//! module; errors are mapped to Python exceptions in `error.rs` only. Build with
+//! `maturin develop --release` (see the Makefile).
+
+use pyo3::prelude::*;
+
+mod cli;
+mod default_model;
+mod error;
+mod model;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", lora_ens::VERSION)?;
+    error::register(m)?;
+    default_model::register(m)?;
+    cli::register(m)?;
+    model::register(m)?;
+    Ok(())
+}

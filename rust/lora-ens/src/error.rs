@@ -1,0 +1,81 @@
+//! The engine's one error type. Every fallible call in the crate returns [`Result`];
+//! the Python bindings map each variant to one exception class in one place.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the engine, with the file / tensor / argument it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file is not a valid GGUF model (bad magic, truncated, corrupt header).
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    InvalidGguf { path: PathBuf, reason: String },
+
+    /// The GGUF is valid but describes a model this engine does not run.
+    #[error("{path}: unsupported model: {reason}")]
+    UnsupportedModel { path: PathBuf, reason: String },
+
+    /// A tensor the architecture needs is absent, or has the wrong shape or type.
+    #[error("{path}: tensor `{tensor}`: {reason}")]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
+    /// A metadata key the architecture needs is absent or has the wrong type.
+    #[error("{path}: metadata `{key}`: {reason}")]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
+    /// The tokenizer could not be built, or could not encode / decode its input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// A label or answer choice that cannot be scored with this tokenizer.
+    #[error("label: {0}")]
+    Label(String),
+
+    /// A LoRA adapter or ensemble manifest that cannot be loaded or is refused.
+    #[error("adapter {path}: {reason}")]
+    Adapter { path: PathBuf, reason: String },
+
+    /// An argument or input record that is out of range or malformed.
+    #[error("{0}")]
+    Input(String),
+
+    /// The default model could not be downloaded or did not verify.
+    #[error("default model: {0}")]
+    ModelFetch(String),
+
+    /// A requested device is not available in this build or on this machine.
+    #[error("device: {0}")]
+    Device(String),
+
+    /// An error raised inside candle's tensor code.
+    #[error("tensor backend: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The engine's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

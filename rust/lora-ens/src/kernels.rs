@@ -1,0 +1,164 @@
+//! CPU kernels: dequantization of ggml block formats into f32 rows.
+//!
+//! candle's CPU quantized matmul is scalar for Q4_1 and picks SIMD at compile time, so the
+//! engine keeps weights quantized and dequantizes one matrix at a time into a scratch buffer
+//! that feeds an f32 GEMM. The loops below are plain Rust over whole blocks, written so the
+//! compiler vectorises them; the arithmetic (`q * d + m` in f32, no FMA) is the one ggml and
+//! gguf-py use, so the dequantized weights are bit-identical to what transformers loads.
+
+use candle_core::quantized::GgmlDType;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Whether [`dequantize_rows`] handles this type itself (others go through candle).
+pub fn supports(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::F32
+            | GgmlDType::F16
+            | GgmlDType::BF16
+            | GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q5_0
+            | GgmlDType::Q5_1
+            | GgmlDType::Q8_0
+    )
+}
+
+/// Bytes one row of `cols` elements occupies.
+pub fn row_bytes(dtype: GgmlDType, cols: usize) -> usize {
+    cols / dtype.block_size() * dtype.type_size()
+}
+
+/// Dequantize whole rows: `data` holds `out.len() / cols` rows of `cols` elements each in
+/// `dtype`'s layout. Rows are split across threads when there are many of them.
+pub fn dequantize_rows(dtype: GgmlDType, data: &[u8], cols: usize, out: &mut [f32]) {
+    let rb = row_bytes(dtype, cols);
+    let n_rows = out.len() / cols;
+    debug_assert_eq!(data.len(), rb * n_rows);
+    // Roughly 64K elements per task: small matrices stay on one thread.
+    let rows_per_task = (65536 / cols.max(1)).max(1);
+    out.par_chunks_mut(cols * rows_per_task)
+        .zip(data.par_chunks(rb * rows_per_task))
+        .for_each(|(o, d)| dequantize_block_run(dtype, d, o));
+}
+
+/// Dequantize a contiguous run of blocks (any whole number of blocks).
+fn dequantize_block_run(dtype: GgmlDType, data: &[u8], out: &mut [f32]) {
+    match dtype {
+        GgmlDType::F32 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        GgmlDType::F16 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        GgmlDType::BF16 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        GgmlDType::Q4_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(18)) {
+                let d = half_at(b, 0);
+                let qs = &b[2..18];
+                for j in 0..16 {
+                    o[j] = ((qs[j] & 0x0f) as i32 - 8) as f32 * d;
+                    o[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+        }
+        GgmlDType::Q4_1 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(20)) {
+                let d = half_at(b, 0);
+                let m = half_at(b, 2);
+                let qs = &b[4..20];
+                for j in 0..16 {
+                    o[j] = (qs[j] & 0x0f) as f32 * d + m;
+                    o[j + 16] = (qs[j] >> 4) as f32 * d + m;
+                }
+            }
+        }
+        GgmlDType::Q5_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(22)) {
+                let d = half_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let qs = &b[6..22];
+                for j in 0..16 {
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    o[j] = (((qs[j] & 0x0f) as u32 | h0) as i32 - 16) as f32 * d;
+                    o[j + 16] = (((qs[j] >> 4) as u32 | h1) as i32 - 16) as f32 * d;
+                }
+            }
+        }
+        GgmlDType::Q5_1 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(24)) {
+                let d = half_at(b, 0);
+                let m = half_at(b, 2);
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let qs = &b[8..24];
+                for j in 0..16 {
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    o[j] = ((qs[j] & 0x0f) as u32 | h0) as f32 * d + m;
+                    o[j + 16] = ((qs[j] >> 4) as u32 | h1) as f32 * d + m;
+                }
+            }
+        }
+        GgmlDType::Q8_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(34)) {
+                let d = half_at(b, 0);
+                for (x, &q) in o.iter_mut().zip(&b[2..34]) {
+                    *x = q as i8 as f32 * d;
+                }
+            }
+        }
+        // Callers check `supports` first; other types never reach here.
+        _ => out.fill(f32::NAN),
+    }
+}
+
+#[inline(always)]
+fn half_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+
+    /// Each supported block type dequantizes exactly as candle's reference code does.
+    #[test]
+    fn matches_candle_dequantize() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (rows, cols) = (7, 96);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+            .collect();
+        let t = Tensor::from_vec(values, (rows, cols), &dev)?;
+        for dtype in [
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
+            let q = QTensor::quantize(&t, dtype)?;
+            let want = q.dequantize(&dev)?.flatten_all()?.to_vec1::<f32>()?;
+            let data = q.data()?;
+            let mut got = vec![0f32; rows * cols];
+            dequantize_rows(dtype, &data, cols, &mut got);
+            assert_eq!(got, want, "{dtype:?}");
+        }
+        Ok(())
+    }
+}

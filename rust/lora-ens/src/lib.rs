@@ -1,0 +1,18 @@
+//! lora-ens: run an ensemble of LoRA adapters on one quantized LLaMA-family base model.
+//!
+//! The engine loads a GGUF model, evaluates M PEFT LoRA adapters in one batched forward
+//! pass over the shared base, and reduces the members' predictive distributions to an
+//! ensemble prediction with its uncertainty. It has no Python in it; `lora-ens-py` wraps it.
+
+pub mod default_model;
+pub mod device;
+pub mod error;
+pub mod gguf;
+pub mod kernels;
+pub mod linear;
+pub mod model;
+
+pub use error::{Error, Result};
+
+/// The version of this crate (and of the Python package built from it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,163 @@
+//! Quantized weight matrices kept in their GGUF block format, with the two products the
+//! model needs: `x W^T` (a linear layer) and gathering rows (embedding lookup, label rows
+//! of the lm_head). On CPU a matrix is dequantized into a scratch buffer just before its
+//! GEMM, so memory holds the quantized model while arithmetic runs at f32 GEMM speed.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::gguf::GgufFile;
+use crate::{Error, Result, kernels};
+
+/// Rows of the scratch buffer dequantized at once for very tall matrices (the lm_head):
+/// bounds the scratch at `CHUNK_ROWS * cols` floats.
+const CHUNK_ROWS: usize = 8192;
+
+enum Storage {
+    /// Raw ggml blocks in host memory, dequantized by [`kernels`].
+    Host(Vec<u8>),
+    /// candle's quantized tensor: other block types (K-quants) or a GPU device.
+    Candle(QTensor),
+}
+
+/// A `(rows, cols)` weight matrix in a ggml block format (GGUF's `ne1 = rows, ne0 = cols`).
+pub struct QWeight {
+    name: String,
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+}
+
+impl std::fmt::Debug for QWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QWeight({}, {:?}, [{}, {}])",
+            self.name, self.dtype, self.rows, self.cols
+        )
+    }
+}
+
+impl QWeight {
+    /// Load tensor `name`, checking it is a matrix of the expected shape.
+    pub fn load(gguf: &mut GgufFile, name: &str, shape: (usize, usize), device: &Device) -> Result<Self> {
+        let bad = |reason: String| Error::Tensor {
+            path: gguf.path().to_path_buf(),
+            tensor: name.to_owned(),
+            reason,
+        };
+        let info = gguf
+            .tensor_infos()
+            .get(name)
+            .ok_or_else(|| bad("missing from the file".to_owned()))?;
+        let dims = info.shape.dims().to_vec();
+        if dims != [shape.0, shape.1] {
+            return Err(bad(format!(
+                "shape {dims:?}, expected [{}, {}]",
+                shape.0, shape.1
+            )));
+        }
+        let dtype = info.ggml_dtype;
+        let storage = if device.is_cpu() && kernels::supports(dtype) {
+            Storage::Host(gguf.raw_tensor(name)?.2)
+        } else {
+            Storage::Candle(gguf.tensor(name, device)?)
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            dtype,
+            rows: shape.0,
+            cols: shape.1,
+            storage,
+        })
+    }
+
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The ggml block type the weights are stored in.
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn storage_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Host(d) => d.len(),
+            Storage::Candle(q) => q.storage_size_in_bytes(),
+        }
+    }
+
+    /// Dequantize rows `[start, start + n)` into an f32 `(n, cols)` tensor.
+    fn dequantize_range(&self, start: usize, n: usize, device: &Device) -> Result<Tensor> {
+        match &self.storage {
+            Storage::Host(data) => {
+                let rb = kernels::row_bytes(self.dtype, self.cols);
+                let mut out = vec![0f32; n * self.cols];
+                kernels::dequantize_rows(self.dtype, &data[start * rb..(start + n) * rb], self.cols, &mut out);
+                Ok(Tensor::from_vec(out, (n, self.cols), device)?)
+            }
+            Storage::Candle(q) => {
+                let full = q.dequantize(device)?;
+                Ok(full.narrow(0, start, n)?.to_dtype(DType::F32)?)
+            }
+        }
+    }
+
+    /// `x W^T` for `x` of shape `(n, cols)`: returns `(n, rows)`.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        if self.rows <= CHUNK_ROWS {
+            let w = self.dequantize_range(0, self.rows, x.device())?; // (rows, cols)
+            return Ok(x.matmul(&w.t()?)?);
+        }
+        let mut parts = Vec::with_capacity(self.rows.div_ceil(CHUNK_ROWS));
+        for start in (0..self.rows).step_by(CHUNK_ROWS) {
+            let n = CHUNK_ROWS.min(self.rows - start);
+            let w = self.dequantize_range(start, n, x.device())?;
+            parts.push(x.matmul(&w.t()?)?);
+        }
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+
+    /// The rows `ids` as an f32 `(ids.len(), cols)` tensor (embedding lookup).
+    pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.rows) {
+            return Err(Error::Input(format!(
+                "token id {bad} is out of range for `{}` ({} rows)",
+                self.name, self.rows
+            )));
+        }
+        match &self.storage {
+            Storage::Host(data) => {
+                let rb = kernels::row_bytes(self.dtype, self.cols);
+                let mut out = vec![0f32; ids.len() * self.cols];
+                for (o, &id) in out.chunks_exact_mut(self.cols).zip(ids) {
+                    let at = id as usize * rb;
+                    kernels::dequantize_rows(self.dtype, &data[at..at + rb], self.cols, o);
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), self.cols), device)?)
+            }
+            Storage::Candle(q) => {
+                let full = q.dequantize(device)?.to_dtype(DType::F32)?;
+                let idx = Tensor::from_vec(ids.to_vec(), ids.len(), device)?;
+                Ok(full.index_select(&idx, 0)?)
+            }
+        }
+    }
+}
+
+/// A 1-D f32 tensor (norm weights) of length `len`.
+pub fn load_vector(gguf: &mut GgufFile, name: &str, len: usize, device: &Device) -> Result<Tensor> {
+    let q = gguf.tensor(name, device)?;
+    if q.shape().dims() != [len] {
+        return Err(Error::Tensor {
+            path: gguf.path().to_path_buf(),
+            tensor: name.to_owned(),
+            reason: format!("shape {:?}, expected [{len}]", q.shape().dims()),
+        });
+    }
+    Ok(q.dequantize(device)?.to_dtype(DType::F32)?)
+}

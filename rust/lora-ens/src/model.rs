@@ -1,0 +1,393 @@
+//! The LLaMA-family decoder (SmolLM2, LLaMA-2/3 style: GQA, SwiGLU, RMSNorm, RoPE) read
+//! from a GGUF file, with a batched forward pass over ragged prompts and a KV cache.
+//!
+//! RoPE convention: llama.cpp's converter permutes the rows of Q and K so that rotating
+//! *adjacent* pairs (candle's `rope_i`) on the GGUF weights equals transformers' half-split
+//! rotation on the original rows. We keep the GGUF order and use `rope_i`; LoRA `lora_B`
+//! rows of q/k must be permuted the same way before they are added.
+
+use candle_core::{D, Device, IndexOp, Tensor};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
+use candle_nn::rotary_emb::rope_i;
+
+use crate::gguf::GgufFile;
+use crate::linear::{QWeight, load_vector};
+use crate::{Error, Result};
+
+/// Hyper-parameters of a LLaMA model, from the `llama.*` GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub rms_eps: f64,
+    pub rope_base: f64,
+    pub context_length: usize,
+    /// The lm_head is the token embedding (no `output.weight` tensor).
+    pub tied_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Read the config of a `general.architecture = llama` file.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let arch = gguf.string("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::UnsupportedModel {
+                path: gguf.path().to_path_buf(),
+                reason: format!("architecture `{arch}` (this engine runs `llama`)"),
+            });
+        }
+        let u = |k: &str| gguf.u64(&format!("llama.{k}")).map(|v| v as usize);
+        let hidden = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let n_kv_head = gguf
+            .optional("llama.attention.head_count_kv", GgufFile::u64)?
+            .map_or(n_head, |v| v as usize);
+        let head_dim = gguf
+            .optional("llama.rope.dimension_count", GgufFile::u64)?
+            .map_or(hidden / n_head.max(1), |v| v as usize);
+        let bad = |key: &str, reason: String| Error::Metadata {
+            path: gguf.path().to_path_buf(),
+            key: key.to_owned(),
+            reason,
+        };
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+            return Err(bad(
+                "llama.attention.head_count_kv",
+                format!("{n_kv_head} KV heads do not divide {n_head} heads"),
+            ));
+        }
+        if head_dim * n_head != hidden || head_dim % 2 != 0 {
+            return Err(bad(
+                "llama.rope.dimension_count",
+                format!("head_dim {head_dim} x {n_head} heads != hidden {hidden} (or odd)"),
+            ));
+        }
+        let vocab_size = match gguf.optional("llama.vocab_size", GgufFile::u64)? {
+            Some(v) => v as usize,
+            None => gguf.strings("tokenizer.ggml.tokens")?.len(),
+        };
+        Ok(Self {
+            vocab_size,
+            hidden,
+            n_layer: u("block_count")?,
+            n_head,
+            n_kv_head,
+            head_dim,
+            ffn: u("feed_forward_length")?,
+            rms_eps: gguf.f64("llama.attention.layer_norm_rms_epsilon")?,
+            rope_base: gguf
+                .optional("llama.rope.freq_base", GgufFile::f64)?
+                .unwrap_or(10_000.0),
+            context_length: u("context_length")?,
+            tied_embeddings: !gguf.has_tensor("output.weight"),
+        })
+    }
+}
+
+/// One decoder block's weights.
+struct Block {
+    attn_norm: Tensor,
+    attn_q: QWeight,
+    attn_k: QWeight,
+    attn_v: QWeight,
+    attn_output: QWeight,
+    ffn_norm: Tensor,
+    ffn_gate: QWeight,
+    ffn_up: QWeight,
+    ffn_down: QWeight,
+}
+
+impl Block {
+    fn load(gguf: &mut GgufFile, i: usize, c: &LlamaConfig, dev: &Device) -> Result<Self> {
+        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        let (h, kv) = (c.hidden, c.n_kv_head * c.head_dim);
+        Ok(Self {
+            attn_norm: load_vector(gguf, &n("attn_norm"), h, dev)?,
+            attn_q: QWeight::load(gguf, &n("attn_q"), (h, h), dev)?,
+            attn_k: QWeight::load(gguf, &n("attn_k"), (kv, h), dev)?,
+            attn_v: QWeight::load(gguf, &n("attn_v"), (kv, h), dev)?,
+            attn_output: QWeight::load(gguf, &n("attn_output"), (h, h), dev)?,
+            ffn_norm: load_vector(gguf, &n("ffn_norm"), h, dev)?,
+            ffn_gate: QWeight::load(gguf, &n("ffn_gate"), (c.ffn, h), dev)?,
+            ffn_up: QWeight::load(gguf, &n("ffn_up"), (c.ffn, h), dev)?,
+            ffn_down: QWeight::load(gguf, &n("ffn_down"), (h, c.ffn), dev)?,
+        })
+    }
+}
+
+/// Keys and values of one sequence, per layer: `(n_kv_head, len, head_dim)` each.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    /// Number of positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |(k, _)| k.dims()[1])
+    }
+
+    /// Whether nothing has been cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which logits a forward pass returns for the last position of each sequence.
+#[derive(Debug, Clone, Copy)]
+pub enum Logits<'a> {
+    /// Only these vocabulary entries (K rows of the lm_head): `(N, K)`.
+    Tokens(&'a [u32]),
+    /// The whole vocabulary: `(N, vocab_size)`.
+    Full,
+}
+
+/// A LLaMA model loaded from GGUF, weights kept quantized.
+pub struct Llama {
+    config: LlamaConfig,
+    device: Device,
+    token_embd: QWeight,
+    /// `None` when the embeddings are tied.
+    output: Option<QWeight>,
+    output_norm: Tensor,
+    blocks: Vec<Block>,
+    /// `(context_length, head_dim / 2)` rotation tables.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama").field("config", &self.config).finish()
+    }
+}
+
+impl Llama {
+    /// Load every tensor of a llama GGUF onto `device`.
+    pub fn load(gguf: &mut GgufFile, device: &Device) -> Result<Self> {
+        let c = LlamaConfig::from_gguf(gguf)?;
+        let token_embd = QWeight::load(gguf, "token_embd.weight", (c.vocab_size, c.hidden), device)?;
+        let output = if c.tied_embeddings {
+            None
+        } else {
+            Some(QWeight::load(gguf, "output.weight", (c.vocab_size, c.hidden), device)?)
+        };
+        let output_norm = load_vector(gguf, "output_norm.weight", c.hidden, device)?;
+        let blocks = (0..c.n_layer)
+            .map(|i| Block::load(gguf, i, &c, device))
+            .collect::<Result<Vec<_>>>()?;
+        // Same formula as transformers: inv_freq = 1 / base^(2i/d), angles in f32.
+        let half = c.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (c.rope_base as f32).powf((2 * i) as f32 / c.head_dim as f32))
+            .collect();
+        let positions = Tensor::arange(0u32, c.context_length as u32, device)?.to_dtype(candle_core::DType::F32)?;
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let angles = positions.unsqueeze(1)?.broadcast_mul(&inv_freq)?; // (ctx, half)
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            config: c,
+            device: device.clone(),
+            token_embd,
+            output,
+            output_norm,
+            blocks,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Bytes held by the weights (quantized), for memory reports.
+    pub fn weight_bytes(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                [&b.attn_q, &b.attn_k, &b.attn_v, &b.attn_output, &b.ffn_gate, &b.ffn_up, &b.ffn_down]
+                    .iter()
+                    .map(|w| w.storage_bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        blocks + self.token_embd.storage_bytes() + self.output.as_ref().map_or(0, QWeight::storage_bytes)
+    }
+
+    /// Run `seqs` (token ids; ragged) through the model, appending to `caches` (one per
+    /// sequence, possibly empty: positions continue from each cache's length), and return the
+    /// requested logits of each sequence's last new position: `(N, K)` or `(N, vocab)`.
+    pub fn forward(&self, seqs: &[&[u32]], caches: &mut [KvCache], logits: Logits<'_>) -> Result<Tensor> {
+        let c = &self.config;
+        if seqs.len() != caches.len() {
+            return Err(Error::Input(format!("{} sequences but {} caches", seqs.len(), caches.len())));
+        }
+        if seqs.is_empty() {
+            return Err(Error::Input("no sequences to run".to_owned()));
+        }
+        for (i, (s, cache)) in seqs.iter().zip(caches.iter()).enumerate() {
+            if s.is_empty() {
+                return Err(Error::Input(format!("sequence {i} is empty")));
+            }
+            let end = cache.len() + s.len();
+            if end > c.context_length {
+                return Err(Error::Input(format!(
+                    "sequence {i} needs {end} positions, more than the model's context length {}",
+                    c.context_length
+                )));
+            }
+        }
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut x = self.token_embd.rows(&ids, &self.device)?; // (T, hidden): all sequences packed
+        let starts: Vec<usize> = caches.iter().map(KvCache::len).collect();
+        let masks = seqs
+            .iter()
+            .zip(&starts)
+            .map(|(s, &start)| self.causal_mask(s.len(), start))
+            .collect::<Result<Vec<_>>>()?;
+        for cache in caches.iter_mut() {
+            cache.layers.reserve(c.n_layer);
+        }
+        for (li, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &block.attn_norm, c.rms_eps as f32)?;
+            let q = block.attn_q.matmul_t(&h)?; // (T, n_head * head_dim)
+            let k = block.attn_k.matmul_t(&h)?; // (T, n_kv_head * head_dim)
+            let v = block.attn_v.matmul_t(&h)?;
+            let mut outs = Vec::with_capacity(seqs.len());
+            let mut offset = 0;
+            for (si, s) in seqs.iter().enumerate() {
+                let len = s.len();
+                let out = self.attend(
+                    &q.narrow(0, offset, len)?,
+                    &k.narrow(0, offset, len)?,
+                    &v.narrow(0, offset, len)?,
+                    starts[si],
+                    masks[si].as_ref(),
+                    &mut caches[si],
+                    li,
+                )?;
+                outs.push(out);
+                offset += len;
+            }
+            let attn = Tensor::cat(&outs, 0)?; // (T, hidden)
+            x = (x + block.attn_output.matmul_t(&attn)?)?;
+            let h = rms_norm(&x, &block.ffn_norm, c.rms_eps as f32)?;
+            let gate = block.ffn_gate.matmul_t(&h)?.silu()?;
+            let up = block.ffn_up.matmul_t(&h)?;
+            x = (x + block.ffn_down.matmul_t(&(gate * up)?)?)?;
+        }
+        // Only the last position of each sequence reaches the lm_head.
+        let mut last = Vec::with_capacity(seqs.len());
+        let mut offset = 0;
+        for s in seqs {
+            offset += s.len();
+            last.push((offset - 1) as u32);
+        }
+        let last = Tensor::from_vec(last, seqs.len(), &self.device)?;
+        let h = rms_norm(&x.index_select(&last, 0)?, &self.output_norm, c.rms_eps as f32)?; // (N, hidden)
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        match logits {
+            Logits::Tokens(tokens) => {
+                let rows = head.rows(tokens, &self.device)?; // (K, hidden)
+                Ok(h.matmul(&rows.t()?)?)
+            }
+            Logits::Full => head.matmul_t(&h),
+        }
+    }
+
+    /// Causal attention of one sequence's `len` new positions (starting at `start`) over the
+    /// cached ones plus themselves; updates the cache. Inputs are `(len, heads * head_dim)`.
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        start: usize,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (len, hd) = (q.dims()[0], c.head_dim);
+        let groups = c.n_head / c.n_kv_head;
+        let cos = self.cos.narrow(0, start, len)?;
+        let sin = self.sin.narrow(0, start, len)?;
+        let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+            t.reshape((1, len, n, hd))?.transpose(1, 2)?.contiguous() // (1, n, len, hd)
+        };
+        let q = rope_i(&heads(q, c.n_head)?, &cos, &sin)?;
+        let k = rope_i(&heads(k, c.n_kv_head)?, &cos, &sin)?.squeeze(0)?; // (n_kv, len, hd)
+        let v = heads(v, c.n_kv_head)?.squeeze(0)?;
+        let (k, v) = if layer < cache.layers.len() {
+            let (pk, pv) = &cache.layers[layer];
+            let k = Tensor::cat(&[pk, &k], 1)?;
+            let v = Tensor::cat(&[pv, &v], 1)?;
+            cache.layers[layer] = (k.clone(), v.clone());
+            (k, v)
+        } else {
+            cache.layers.push((k.clone(), v.clone()));
+            (k, v)
+        };
+        // Query heads h*groups..(h+1)*groups share KV head h (transformers' repeat_kv), so
+        // folding the group into the row axis gives one batched matmul per KV head.
+        let q = q.reshape((c.n_kv_head, groups * len, hd))?; // (n_kv, groups*len, hd)
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?; // (n_kv, groups*len, total)
+        if let Some(mask) = mask {
+            att = att.broadcast_add(mask)?;
+        }
+        let att = softmax_last_dim(&att)?;
+        let out = att.matmul(&v)?; // (n_kv, groups*len, hd)
+        let out = out.reshape((c.n_head, len, hd))?.transpose(0, 1)?; // (len, n_head, hd)
+        Ok(out.reshape((len, c.n_head * hd))?)
+    }
+
+    /// `(groups * len, start + len)` additive mask: row `r` is query `start + r % len`,
+    /// which may see keys `0..=start + r % len`. `None` for a single new position.
+    fn causal_mask(&self, len: usize, start: usize) -> Result<Option<Tensor>> {
+        if len == 1 {
+            return Ok(None);
+        }
+        let groups = self.config.n_head / self.config.n_kv_head;
+        let total = start + len;
+        let mut m = vec![0f32; groups * len * total];
+        for r in 0..groups * len {
+            let q = start + r % len;
+            for key in (q + 1)..total {
+                m[r * total + key] = f32::NEG_INFINITY;
+            }
+        }
+        Ok(Some(Tensor::from_vec(m, (groups * len, total), &self.device)?))
+    }
+
+    /// Greedy decoding of one prompt: up to `max_new_tokens` tokens, stopping after any of
+    /// `stop_ids`. Returns the generated ids (the stop token included when reached).
+    pub fn generate_greedy(&self, prompt: &[u32], max_new_tokens: usize, stop_ids: &[u32]) -> Result<Vec<u32>> {
+        let mut cache = vec![KvCache::default()];
+        let mut out = Vec::with_capacity(max_new_tokens);
+        let mut next: Vec<u32> = prompt.to_vec();
+        for _ in 0..max_new_tokens {
+            let logits = self.forward(&[&next], &mut cache, Logits::Full)?; // (1, vocab)
+            let id = logits.i(0)?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            out.push(id);
+            if stop_ids.contains(&id) {
+                break;
+            }
+            next = vec![id];
+        }
+        Ok(out)
+    }
+}
