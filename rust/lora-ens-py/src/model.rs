@@ -89,11 +89,15 @@ impl Model {
         token_ids: Option<Vec<u32>>,
         batch_size: usize,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let width = token_ids.as_ref().map_or(self.inner.config().vocab_size, Vec::len);
+        let width = token_ids
+            .as_ref()
+            .map_or(self.inner.config().vocab_size, Vec::len);
         let n = prompts.len();
         let flat = call(py, || {
             if batch_size == 0 {
-                return Err(lora_ens::Error::Input("batch_size must be at least 1".to_owned()));
+                return Err(lora_ens::Error::Input(
+                    "batch_size must be at least 1".to_owned(),
+                ));
             }
             let mut flat = Vec::with_capacity(n * width);
             for chunk in prompts.chunks(batch_size) {
@@ -106,7 +110,7 @@ impl Model {
             Ok(flat)
         })?;
         let arr = numpy::PyArray1::from_vec(py, flat);
-        Ok(arr.reshape([n, width])?)
+        arr.reshape([n, width])
     }
 
     /// Greedy decoding: the ids generated after ``prompt`` (stop token included if reached).
@@ -123,7 +127,10 @@ impl Model {
         max_new_tokens: usize,
         stop_ids: Vec<u32>,
     ) -> PyResult<Vec<u32>> {
-        call(py, || self.inner.generate_greedy(&prompt, max_new_tokens, &stop_ids))
+        call(py, || {
+            self.inner
+                .generate_greedy(&prompt, max_new_tokens, &stop_ids)
+        })
     }
 
     fn __repr__(&self) -> String {

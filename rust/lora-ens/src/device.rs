@@ -13,7 +13,9 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
     let ordinal = match name.as_str() {
         "cuda" | "gpu" => Some(0),
-        _ => name.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
+        _ => name
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
     };
     let Some(ordinal) = ordinal else {
         return Err(Error::Device(format!(

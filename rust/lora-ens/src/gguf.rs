@@ -8,8 +8,8 @@ use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 
 use crate::{Error, Result};
 
@@ -124,11 +124,15 @@ impl GgufFile {
     /// The raw bytes of one tensor as stored (ggml block layout), with its type and its
     /// dims in row-major order (`[rows, cols]` for a matrix).
     pub fn raw_tensor(&mut self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| Error::Tensor {
-            path: self.path.clone(),
-            tensor: name.to_owned(),
-            reason: "missing from the file".to_owned(),
-        })?;
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::Tensor {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+                reason: "missing from the file".to_owned(),
+            })?;
         let (dtype, dims) = (info.ggml_dtype, info.shape.dims().to_vec());
         let len = tensor_bytes(name, info, &self.path)? as usize;
         let start = self.content.tensor_data_offset + info.offset;

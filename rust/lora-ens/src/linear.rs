@@ -41,7 +41,12 @@ impl std::fmt::Debug for QWeight {
 
 impl QWeight {
     /// Load tensor `name`, checking it is a matrix of the expected shape.
-    pub fn load(gguf: &mut GgufFile, name: &str, shape: (usize, usize), device: &Device) -> Result<Self> {
+    pub fn load(
+        gguf: &mut GgufFile,
+        name: &str,
+        shape: (usize, usize),
+        device: &Device,
+    ) -> Result<Self> {
         let bad = |reason: String| Error::Tensor {
             path: gguf.path().to_path_buf(),
             tensor: name.to_owned(),
@@ -97,7 +102,12 @@ impl QWeight {
             Storage::Host(data) => {
                 let rb = kernels::row_bytes(self.dtype, self.cols);
                 let mut out = vec![0f32; n * self.cols];
-                kernels::dequantize_rows(self.dtype, &data[start * rb..(start + n) * rb], self.cols, &mut out);
+                kernels::dequantize_rows(
+                    self.dtype,
+                    &data[start * rb..(start + n) * rb],
+                    self.cols,
+                    &mut out,
+                );
                 Ok(Tensor::from_vec(out, (n, self.cols), device)?)
             }
             Storage::Candle(q) => {

@@ -163,7 +163,9 @@ pub struct Llama {
 
 impl std::fmt::Debug for Llama {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Llama").field("config", &self.config).finish()
+        f.debug_struct("Llama")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -171,11 +173,17 @@ impl Llama {
     /// Load every tensor of a llama GGUF onto `device`.
     pub fn load(gguf: &mut GgufFile, device: &Device) -> Result<Self> {
         let c = LlamaConfig::from_gguf(gguf)?;
-        let token_embd = QWeight::load(gguf, "token_embd.weight", (c.vocab_size, c.hidden), device)?;
+        let token_embd =
+            QWeight::load(gguf, "token_embd.weight", (c.vocab_size, c.hidden), device)?;
         let output = if c.tied_embeddings {
             None
         } else {
-            Some(QWeight::load(gguf, "output.weight", (c.vocab_size, c.hidden), device)?)
+            Some(QWeight::load(
+                gguf,
+                "output.weight",
+                (c.vocab_size, c.hidden),
+                device,
+            )?)
         };
         let output_norm = load_vector(gguf, "output_norm.weight", c.hidden, device)?;
         let blocks = (0..c.n_layer)
@@ -186,7 +194,8 @@ impl Llama {
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (c.rope_base as f32).powf((2 * i) as f32 / c.head_dim as f32))
             .collect();
-        let positions = Tensor::arange(0u32, c.context_length as u32, device)?.to_dtype(candle_core::DType::F32)?;
+        let positions = Tensor::arange(0u32, c.context_length as u32, device)?
+            .to_dtype(candle_core::DType::F32)?;
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
         let angles = positions.unsqueeze(1)?.broadcast_mul(&inv_freq)?; // (ctx, half)
         Ok(Self {
@@ -217,22 +226,41 @@ impl Llama {
             .blocks
             .iter()
             .map(|b| {
-                [&b.attn_q, &b.attn_k, &b.attn_v, &b.attn_output, &b.ffn_gate, &b.ffn_up, &b.ffn_down]
-                    .iter()
-                    .map(|w| w.storage_bytes())
-                    .sum::<usize>()
+                [
+                    &b.attn_q,
+                    &b.attn_k,
+                    &b.attn_v,
+                    &b.attn_output,
+                    &b.ffn_gate,
+                    &b.ffn_up,
+                    &b.ffn_down,
+                ]
+                .iter()
+                .map(|w| w.storage_bytes())
+                .sum::<usize>()
             })
             .sum();
-        blocks + self.token_embd.storage_bytes() + self.output.as_ref().map_or(0, QWeight::storage_bytes)
+        blocks
+            + self.token_embd.storage_bytes()
+            + self.output.as_ref().map_or(0, QWeight::storage_bytes)
     }
 
     /// Run `seqs` (token ids; ragged) through the model, appending to `caches` (one per
     /// sequence, possibly empty: positions continue from each cache's length), and return the
     /// requested logits of each sequence's last new position: `(N, K)` or `(N, vocab)`.
-    pub fn forward(&self, seqs: &[&[u32]], caches: &mut [KvCache], logits: Logits<'_>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        seqs: &[&[u32]],
+        caches: &mut [KvCache],
+        logits: Logits<'_>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         if seqs.len() != caches.len() {
-            return Err(Error::Input(format!("{} sequences but {} caches", seqs.len(), caches.len())));
+            return Err(Error::Input(format!(
+                "{} sequences but {} caches",
+                seqs.len(),
+                caches.len()
+            )));
         }
         if seqs.is_empty() {
             return Err(Error::Input("no sequences to run".to_owned()));
@@ -296,7 +324,11 @@ impl Llama {
             last.push((offset - 1) as u32);
         }
         let last = Tensor::from_vec(last, seqs.len(), &self.device)?;
-        let h = rms_norm(&x.index_select(&last, 0)?, &self.output_norm, c.rms_eps as f32)?; // (N, hidden)
+        let h = rms_norm(
+            &x.index_select(&last, 0)?,
+            &self.output_norm,
+            c.rms_eps as f32,
+        )?; // (N, hidden)
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         match logits {
             Logits::Tokens(tokens) => {
@@ -370,12 +402,21 @@ impl Llama {
                 m[r * total + key] = f32::NEG_INFINITY;
             }
         }
-        Ok(Some(Tensor::from_vec(m, (groups * len, total), &self.device)?))
+        Ok(Some(Tensor::from_vec(
+            m,
+            (groups * len, total),
+            &self.device,
+        )?))
     }
 
     /// Greedy decoding of one prompt: up to `max_new_tokens` tokens, stopping after any of
     /// `stop_ids`. Returns the generated ids (the stop token included when reached).
-    pub fn generate_greedy(&self, prompt: &[u32], max_new_tokens: usize, stop_ids: &[u32]) -> Result<Vec<u32>> {
+    pub fn generate_greedy(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        stop_ids: &[u32],
+    ) -> Result<Vec<u32>> {
         let mut cache = vec![KvCache::default()];
         let mut out = Vec::with_capacity(max_new_tokens);
         let mut next: Vec<u32> = prompt.to_vec();

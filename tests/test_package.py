@@ -1,0 +1,109 @@
+"""The installed package: import, version, console script, exception hierarchy, stubs."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lora_ens_rs
+from lora_ens_rs import _core, errors
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "lora-ens-rs")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cargo_version() -> str:
+    for line in (REPO / "Cargo.toml").read_text().splitlines():
+        if line.startswith("version = "):
+            return line.split('"')[1]
+    raise AssertionError("no workspace version in Cargo.toml")
+
+
+def test_version_matches_the_crates() -> None:
+    assert lora_ens_rs.__version__ == cargo_version()
+
+
+def test_console_script_help_lists_subcommands() -> None:
+    out = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, check=True)
+    assert "fetch-model" in out.stdout
+    assert "Usage: lora-ens-rs" in out.stdout
+
+
+def test_console_script_version_and_usage_errors() -> None:
+    out = subprocess.run([SCRIPT, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"lora-ens-rs {lora_ens_rs.__version__}"
+    bad = subprocess.run([SCRIPT, "no-such-command"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "unrecognized subcommand" in bad.stderr
+
+
+def test_python_dash_m_runs_the_same_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lora_ens_rs", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "fetch-model" in out.stdout
+
+
+def test_every_engine_error_class_exists_with_its_builtin() -> None:
+    for name in _core._ERROR_CLASSES:
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.LoraEnsError), name
+        assert getattr(lora_ens_rs, name) is cls
+    assert issubclass(errors.MissingFileError, FileNotFoundError)
+    assert issubclass(errors.ModelLoadError, ValueError)
+    assert issubclass(errors.InputError, ValueError)
+    assert issubclass(errors.LabelError, errors.TokenizerError)
+
+
+def test_engine_errors_arrive_as_typed_exceptions(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.gguf"
+    try:
+        _core.Model(str(missing))
+    except FileNotFoundError as e:
+        assert isinstance(e, lora_ens_rs.MissingFileError)
+        assert str(missing) in str(e)
+    else:
+        raise AssertionError("no error for a missing model file")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all")
+    try:
+        _core.Model(str(bad))
+    except lora_ens_rs.ModelLoadError as e:
+        assert "bad magic" in str(e)
+        assert str(bad) in str(e)
+    else:
+        raise AssertionError("no error for a file that is not GGUF")
+
+
+def stub_names() -> dict[str, ast.AST]:
+    tree = ast.parse((Path(lora_ens_rs.__file__).parent / "_core.pyi").read_text())
+    names: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names[node.name] = node
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names[node.target.id] = node
+    return names
+
+
+def test_stubs_match_the_compiled_module() -> None:
+    stubs = stub_names()
+    public = {n for n in dir(_core) if not (n.startswith("__") and n != "__version__")}
+    public.discard("_core")
+    assert set(stubs) == public
+    for name, node in stubs.items():
+        obj = getattr(_core, name)
+        if isinstance(node, ast.ClassDef):
+            methods = {
+                n.name for n in node.body if isinstance(n, ast.FunctionDef) and n.name != "__init__"
+            }
+            have = {m for m in dir(obj) if not m.startswith("__") or m == "__repr__"}
+            assert methods <= have, (name, methods - have)
+        elif isinstance(node, ast.FunctionDef):
+            params = [a.arg for a in node.args.args]
+            sig = inspect.signature(obj)
+            assert params == list(sig.parameters), (name, params, list(sig.parameters))
