@@ -29,6 +29,10 @@ build: $(PY)  ## Rebuild the engine into .venv after a Rust change (release)
 	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(BIN)):$$PATH \
 		$(BIN)/maturin develop --release --skip-install
 
+.PHONY: build-cuda
+build-cuda:  ## Check the engine builds with --features cuda (CUDA 13.0 from PyPI wheels; ~30 min cold)
+	bash scripts/build-cuda.sh
+
 .PHONY: fixtures
 fixtures:  ## Write the tiny random LLaMA test model (GGUF + HF) into tests/fixtures/tiny
 	$(PY) scripts/make_tiny_llama.py --out $(FIXTURES)
@@ -60,6 +64,7 @@ test: setup fixtures lint test-rust test-py  ## Install everything, then run eve
 .PHONY: demo
 demo: setup  ## Install everything and run the main job on the default model
 	$(BIN)/lora-ens-rs --help
+	$(BIN)/lora-ens-rs generate --chat --max-new-tokens 48 "What is the capital of France?"
 
 .PHONY: bench
 bench:  ## Side-by-side benchmarks against transformers / llama.cpp (see benches/README.md)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from lora_ens_rs import _core
+from lora_ens_rs._core import Tokenizer
 from lora_ens_rs.errors import (
     AdapterError,
     DeviceError,
@@ -37,6 +38,7 @@ __all__ = [
     "MissingFileError",
     "ModelFetchError",
     "ModelLoadError",
+    "Tokenizer",
     "TokenizerError",
     "__version__",
     "cache_dir",

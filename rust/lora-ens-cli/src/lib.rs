@@ -3,8 +3,15 @@
 //! the same arguments and print the same output.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
+
+use std::path::Path;
 
 use clap::{Parser, Subcommand};
+use lora_ens::chat::Message;
+use lora_ens::gguf::GgufFile;
+use lora_ens::model::Llama;
+use lora_ens::tokenizer::Tokenizer;
 
 /// Subcommands implemented in Python (they need torch); the Rust binary points there.
 pub const PYTHON_SUBCOMMANDS: &[&str] = &[];
@@ -24,6 +31,23 @@ pub enum Command {
         /// Fetch again even if a verified copy is cached.
         #[arg(long)]
         force: bool,
+    },
+    /// Continue a prompt with the base model (greedy decoding) and print the text.
+    Generate {
+        /// The prompt text (with --chat: the user's message).
+        prompt: String,
+        /// GGUF model file (default: the default model, fetched on first use).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        /// The most tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// `cpu` or `cuda:N` (CUDA builds only).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -70,6 +94,57 @@ fn execute(cli: Cli, ctx: &Context) -> lora_ens::Result<()> {
             };
             println!("{}", path.display());
         }
+        Command::Generate {
+            prompt,
+            model,
+            chat,
+            max_new_tokens,
+            device,
+        } => {
+            let model = match model {
+                Some(m) => m,
+                None => {
+                    lora_ens::default_model::default_model_path(ctx.python.as_deref(), &progress)?
+                }
+            };
+            let text = generate(&model, &prompt, chat, max_new_tokens, &device)?;
+            println!("{text}");
+        }
     }
     Ok(())
+}
+
+fn generate(
+    model: &Path,
+    prompt: &str,
+    chat: bool,
+    max_new_tokens: usize,
+    device: &str,
+) -> lora_ens::Result<String> {
+    let device = lora_ens::device::parse_device(device)?;
+    let mut gguf = GgufFile::open(model)?;
+    let tok = Tokenizer::from_gguf(&gguf)?;
+    let llama = Llama::load(&mut gguf, &device)?;
+    let text = if chat {
+        let template = tok.chat_template().ok_or_else(|| {
+            lora_ens::Error::Input(format!(
+                "{}: the model has no chat template (drop --chat)",
+                model.display()
+            ))
+        })?;
+        lora_ens::chat::render(template, &[Message::new("user", prompt)], true, "", "")?
+    } else {
+        prompt.to_owned()
+    };
+    let ids = tok.encode(&text, true)?;
+    let stops: Vec<u32> = tok
+        .eos_id()
+        .into_iter()
+        .chain(tok.token_to_id("<|im_end|>"))
+        .collect();
+    let mut out = llama.generate_greedy(&ids, max_new_tokens, &stops)?;
+    if out.last().is_some_and(|id| stops.contains(id)) {
+        out.pop();
+    }
+    tok.decode(&out, true)
 }

@@ -8,6 +8,7 @@ mod cli;
 mod default_model;
 mod error;
 mod model;
+mod tokenizer;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -16,5 +17,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     default_model::register(m)?;
     cli::register(m)?;
     model::register(m)?;
+    tokenizer::register(m)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! pass over the shared base, and reduces the members' predictive distributions to an
 //! ensemble prediction with its uncertainty. It has no Python in it; `lora-ens-py` wraps it.
 
+pub mod chat;
 pub mod default_model;
 pub mod device;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod linear;
 pub mod model;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 

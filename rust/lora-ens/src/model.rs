@@ -9,6 +9,7 @@
 use candle_core::{D, Device, IndexOp, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope_i;
+use rayon::prelude::*;
 
 use crate::gguf::GgufFile;
 use crate::linear::{QWeight, load_vector};
@@ -293,22 +294,31 @@ impl Llama {
             let q = block.attn_q.matmul_t(&h)?; // (T, n_head * head_dim)
             let k = block.attn_k.matmul_t(&h)?; // (T, n_kv_head * head_dim)
             let v = block.attn_v.matmul_t(&h)?;
-            let mut outs = Vec::with_capacity(seqs.len());
-            let mut offset = 0;
-            for (si, s) in seqs.iter().enumerate() {
-                let len = s.len();
-                let out = self.attend(
-                    &q.narrow(0, offset, len)?,
-                    &k.narrow(0, offset, len)?,
-                    &v.narrow(0, offset, len)?,
-                    starts[si],
-                    masks[si].as_ref(),
-                    &mut caches[si],
-                    li,
-                )?;
-                outs.push(out);
-                offset += len;
-            }
+            // Sequences attend independently: one task each, spread over the cores.
+            let offsets: Vec<usize> = seqs
+                .iter()
+                .scan(0, |o, s| {
+                    let at = *o;
+                    *o += s.len();
+                    Some(at)
+                })
+                .collect();
+            let outs = caches
+                .par_iter_mut()
+                .enumerate()
+                .map(|(si, cache)| {
+                    let (offset, len) = (offsets[si], seqs[si].len());
+                    self.attend(
+                        &q.narrow(0, offset, len)?,
+                        &k.narrow(0, offset, len)?,
+                        &v.narrow(0, offset, len)?,
+                        starts[si],
+                        masks[si].as_ref(),
+                        cache,
+                        li,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
             let attn = Tensor::cat(&outs, 0)?; // (T, hidden)
             x = (x + block.attn_output.matmul_t(&attn)?)?;
             let h = rms_norm(&x, &block.ffn_norm, c.rms_eps as f32)?;

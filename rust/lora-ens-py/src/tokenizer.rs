@@ -1,0 +1,202 @@
+//! Bindings of `lora_ens::tokenizer`: the byte-level BPE tokenizer of a GGUF model or an HF
+//! `tokenizer.json`, with the GIL released while it works.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+
+use crate::error::call;
+
+/// A byte-level BPE tokenizer whose ids match the HF tokenizer of the same model.
+///
+/// Build it with `Tokenizer.from_gguf(path)` (the vocabulary inside a GGUF model) or
+/// `Tokenizer.from_file(path)` (an HF `tokenizer.json`). Special tokens written in the text,
+/// such as `<|im_start|>`, are kept whole.
+///
+/// Example:
+///     >>> import lora_ens_rs
+///     >>> tok = lora_ens_rs.Tokenizer.from_gguf(lora_ens_rs.default_model_path())
+///     >>> tok.decode(tok.encode("<|im_start|>user\nHi!<|im_end|>"))
+///     '<|im_start|>user\nHi!<|im_end|>'
+#[pyclass(frozen, name = "Tokenizer", module = "lora_ens_rs._core")]
+pub struct Tokenizer {
+    inner: Arc<lora_ens::tokenizer::Tokenizer>,
+}
+
+#[pymethods]
+impl Tokenizer {
+    /// Load the tokenizer stored in a GGUF model's metadata (`tokenizer.ggml.*`).
+    ///
+    /// Args:
+    ///     path: the GGUF file.
+    ///
+    /// Returns:
+    ///     The tokenizer.
+    ///
+    /// Raises:
+    ///     MissingFileError: the file does not exist.
+    ///     ModelLoadError: the file is not a valid GGUF or lacks tokenizer metadata.
+    ///     TokenizerError: the tokenizer kind or pre-tokenizer is not supported.
+    ///
+    /// Example:
+    ///     >>> tok = Tokenizer.from_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    #[staticmethod]
+    fn from_gguf(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let inner = call(py, || {
+            let gguf = lora_ens::gguf::GgufFile::open(&path)?;
+            lora_ens::tokenizer::Tokenizer::from_gguf(&gguf)
+        })?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Load an HF `tokenizer.json` of the byte-level BPE kind (GPT-2, SmolLM, LLaMA-3).
+    /// BOS, EOS and the chat template come from a `tokenizer_config.json` beside it, if any.
+    ///
+    /// Args:
+    ///     path: the `tokenizer.json` file.
+    ///
+    /// Returns:
+    ///     The tokenizer.
+    ///
+    /// Raises:
+    ///     MissingFileError: the file does not exist.
+    ///     TokenizerError: the file is malformed or uses a feature not supported here.
+    ///
+    /// Example:
+    ///     >>> tok = Tokenizer.from_file("SmolLM2-135M-Instruct/tokenizer.json")
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let inner = call(py, || lora_ens::tokenizer::Tokenizer::from_file(&path))?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Token ids of a text.
+    ///
+    /// Args:
+    ///     text: the text; special tokens written in it (`<|im_end|>`) are matched whole.
+    ///     add_special_tokens: add BOS / EOS where the model asks for them (SmolLM2 adds
+    ///         none).
+    ///
+    /// Returns:
+    ///     The ids, as a list of ints.
+    ///
+    /// Example:
+    ///     >>> tok.encode("Question: 2 + 2 =")
+    #[pyo3(signature = (text, add_special_tokens=false))]
+    fn encode(&self, py: Python<'_>, text: String, add_special_tokens: bool) -> PyResult<Vec<u32>> {
+        call(py, || self.inner.encode(&text, add_special_tokens))
+    }
+
+    /// Token ids of many texts, encoded in parallel.
+    ///
+    /// Args:
+    ///     texts: the texts.
+    ///     add_special_tokens: as for `encode`.
+    ///
+    /// Returns:
+    ///     One list of ids per text, in order.
+    ///
+    /// Example:
+    ///     >>> tok.encode_batch(["A. red", "B. blue"])
+    #[pyo3(signature = (texts, add_special_tokens=false))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        add_special_tokens: bool,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        call(py, || self.inner.encode_batch(&texts, add_special_tokens))
+    }
+
+    /// The text of token ids.
+    ///
+    /// Args:
+    ///     ids: token ids.
+    ///     skip_special_tokens: leave out special tokens such as `<|im_end|>`.
+    ///
+    /// Returns:
+    ///     The text; a multi-byte character cut by the end of `ids` becomes U+FFFD.
+    ///
+    /// Raises:
+    ///     TokenizerError: an id is outside the vocabulary.
+    ///
+    /// Example:
+    ///     >>> tok.decode(tok.encode("héllo"))
+    ///     'héllo'
+    #[pyo3(signature = (ids, skip_special_tokens=false))]
+    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        call(py, || self.inner.decode(&ids, skip_special_tokens))
+    }
+
+    /// The id of a token as the vocabulary spells it (`"Ġthe"`, `"<|im_end|>"`).
+    ///
+    /// Args:
+    ///     token: the token.
+    ///
+    /// Returns:
+    ///     Its id, or None if it is not in the vocabulary.
+    ///
+    /// Example:
+    ///     >>> tok.token_to_id("<|im_end|>")
+    ///     2
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The token of an id as the vocabulary spells it.
+    ///
+    /// Args:
+    ///     id: the token id.
+    ///
+    /// Returns:
+    ///     The token, or None if the id is outside the vocabulary.
+    ///
+    /// Example:
+    ///     >>> tok.id_to_token(2)
+    ///     '<|im_end|>'
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id).map(str::to_owned)
+    }
+
+    /// Number of token ids, added tokens included.
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    /// The beginning-of-sequence id, or None.
+    #[getter]
+    fn bos_id(&self) -> Option<u32> {
+        self.inner.bos_id()
+    }
+
+    /// The end-of-sequence id, or None.
+    #[getter]
+    fn eos_id(&self) -> Option<u32> {
+        self.inner.eos_id()
+    }
+
+    /// The model's Jinja chat template, or None.
+    #[getter]
+    fn chat_template(&self) -> Option<String> {
+        self.inner.chat_template().map(str::to_owned)
+    }
+
+    fn __repr__(&self) -> String {
+        let id = |id: Option<u32>| id.map_or_else(|| "None".to_owned(), |i| i.to_string());
+        format!(
+            "Tokenizer(vocab_size={}, bos_id={}, eos_id={})",
+            self.inner.vocab_size(),
+            id(self.inner.bos_id()),
+            id(self.inner.eos_id())
+        )
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Tokenizer>()
+}

@@ -1,0 +1,53 @@
+"""The `lora-ens-rs` command line (console script and Rust binary share one implementation)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_ens_rs import _core
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "lora-ens-rs")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_generate_matches_the_engine(tiny_dir: Path) -> None:
+    model = str(tiny_dir / "tiny-q8_0.gguf")
+    out = run("generate", "--model", model, "--max-new-tokens", "6", "The sun is")
+    assert out.returncode == 0, out.stderr
+    tok = _core.Tokenizer.from_gguf(model)
+    ids = _core.Model(model).generate_greedy(
+        tok.encode("The sun is"), max_new_tokens=6, stop_ids=[tok.eos_id]
+    )
+    if ids and ids[-1] == tok.eos_id:
+        ids = ids[:-1]
+    assert out.stdout == tok.decode(ids, skip_special_tokens=True) + "\n"
+
+
+def test_generate_chat_renders_the_template(tiny_dir: Path) -> None:
+    out = run("generate", "--chat", "--model", str(tiny_dir / "tiny-q4_1.gguf"), "Hi")
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "--model", "/nonexistent/m.gguf", "x"], "/nonexistent/m.gguf"),
+        (["generate", "--model", __file__, "x"], "not a valid GGUF file"),
+        (["generate", "--device", "tpu", "x"], "unknown device `tpu`"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code(args: list[str], message: str) -> None:
+    out = run(*args)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ")
+    assert message in lines[-1]
