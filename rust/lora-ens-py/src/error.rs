@@ -42,6 +42,11 @@ fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
     }
 }
 
+/// Convert an engine error into its Python exception (for calls that keep the GIL).
+pub fn to_pyerr(err: Error) -> PyErr {
+    Python::attach(|py| raise(py, class_name(&err), err.to_string()))
+}
+
 /// Run an engine call with the GIL released; an engine error becomes its exception and a
 /// panic becomes `EngineError` instead of tearing down the interpreter.
 pub fn call<T, F>(py: Python<'_>, f: F) -> PyResult<T>

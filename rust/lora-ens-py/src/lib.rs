@@ -6,7 +6,9 @@ use pyo3::prelude::*;
 
 mod cli;
 mod default_model;
+mod ensemble;
 mod error;
+mod lora;
 mod model;
 mod tokenizer;
 
@@ -15,8 +17,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", lora_ens::VERSION)?;
     error::register(m)?;
     default_model::register(m)?;
+    ensemble::register(m)?;
     cli::register(m)?;
     model::register(m)?;
+    lora::register(m)?;
     tokenizer::register(m)?;
     Ok(())
 }

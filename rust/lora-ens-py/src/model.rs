@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use lora_ens::gguf::GgufFile;
 use lora_ens::model::{KvCache, Llama, Logits};
-use numpy::{PyArray2, PyArrayMethods};
+use lora_ens::multi_lora::MultiLora;
+use numpy::{PyArray2, PyArray3, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::call;
+use crate::lora::LoraAdapter;
 
 /// A LLaMA-family model loaded from a GGUF file (weights stay quantized).
 ///
@@ -113,6 +115,69 @@ impl Model {
         arr.reshape([n, width])
     }
 
+    /// Last-position logits of each prompt for each ensemble member: the base model with
+    /// each adapter's LoRA updates, all members in one batched pass over the shared base.
+    ///
+    /// Args:
+    ///     prompts: token ids, one list per prompt (lengths may differ).
+    ///     adapters: the members (:class:`LoraAdapter`, loaded for this model); an empty
+    ///         list runs the base model as the only member.
+    ///     token_ids: vocabulary ids whose logits to return; ``None`` for the full vocabulary.
+    ///     batch_size: prompts per forward pass (each runs for every member).
+    ///
+    /// Returns:
+    ///     float32 array of shape ``(len(prompts), M, len(token_ids) or vocab_size)``.
+    #[pyo3(signature = (prompts, adapters, token_ids=None, batch_size=16))]
+    fn member_logits<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<Vec<u32>>,
+        adapters: Vec<PyRef<'py, LoraAdapter>>,
+        token_ids: Option<Vec<u32>>,
+        batch_size: usize,
+    ) -> PyResult<Bound<'py, PyArray3<f32>>> {
+        let config = self.inner.config();
+        let width = token_ids.as_ref().map_or(config.vocab_size, Vec::len);
+        let members: Vec<&lora_ens::lora::LoraAdapter> =
+            adapters.iter().map(|a| &a.inner).collect();
+        let lora = if members.is_empty() {
+            None
+        } else {
+            Some(
+                MultiLora::from_adapters(&members, config.n_layer, self.inner.device())
+                    .map_err(crate::error::to_pyerr)?,
+            )
+        };
+        let n_members = members.len().max(1);
+        let n = prompts.len();
+        let flat = call(py, || {
+            if batch_size == 0 {
+                return Err(lora_ens::Error::Input(
+                    "batch_size must be at least 1".to_owned(),
+                ));
+            }
+            let mut flat = vec![0f32; n * n_members * width];
+            for (c, chunk) in prompts.chunks(batch_size).enumerate() {
+                let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+                let mut caches = vec![KvCache::default(); seqs.len() * n_members];
+                let want = token_ids.as_deref().map_or(Logits::Full, Logits::Tokens);
+                // (M, B, K) -> (B, M, K)
+                let out = self
+                    .inner
+                    .forward_members(&seqs, lora.as_ref(), &mut caches, want)?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let at = c * batch_size * n_members * width;
+                flat[at..at + out.len()].copy_from_slice(&out);
+            }
+            Ok(flat)
+        })?;
+        let arr = numpy::PyArray1::from_vec(py, flat);
+        arr.reshape([n, n_members, width])
+    }
+
     /// Greedy decoding: the ids generated after ``prompt`` (stop token included if reached).
     ///
     /// Args:
@@ -145,6 +210,13 @@ impl Model {
             c.vocab_size,
             self.inner.device().location()
         )
+    }
+}
+
+impl Model {
+    /// The engine's config of the loaded model, for the other bindings (adapter loading).
+    pub(crate) fn llama_config(&self) -> &lora_ens::model::LlamaConfig {
+        self.inner.config()
     }
 }
 

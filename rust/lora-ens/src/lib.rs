@@ -7,11 +7,14 @@
 pub mod chat;
 pub mod default_model;
 pub mod device;
+pub mod ensemble;
 pub mod error;
 pub mod gguf;
 pub mod kernels;
 pub mod linear;
+pub mod lora;
 pub mod model;
+pub mod multi_lora;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

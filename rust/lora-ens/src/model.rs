@@ -13,6 +13,8 @@ use rayon::prelude::*;
 
 use crate::gguf::GgufFile;
 use crate::linear::{QWeight, load_vector};
+use crate::lora::Target;
+use crate::multi_lora::MultiLora;
 use crate::{Error, Result};
 
 /// Hyper-parameters of a LLaMA model, from the `llama.*` GGUF metadata.
@@ -139,6 +141,18 @@ impl KvCache {
     }
 }
 
+/// The layout of one copy of a packed batch of ragged sequences.
+struct Batch {
+    lens: Vec<usize>,
+    /// Row of each sequence's first token in the packed `(T, hidden)` activations.
+    offsets: Vec<usize>,
+    /// Positions already cached for each sequence (its first new position).
+    starts: Vec<usize>,
+    masks: Vec<Option<Tensor>>,
+    /// `T`: tokens in one copy.
+    total: usize,
+}
+
 /// Which logits a forward pass returns for the last position of each sequence.
 #[derive(Debug, Clone, Copy)]
 pub enum Logits<'a> {
@@ -255,22 +269,52 @@ impl Llama {
         caches: &mut [KvCache],
         logits: Logits<'_>,
     ) -> Result<Tensor> {
+        Ok(self
+            .forward_members(seqs, None, caches, logits)?
+            .squeeze(0)?)
+    }
+
+    /// The ensemble forward pass: `seqs` run through the base model once per member of
+    /// `lora` (the base alone when `None`). Layers before the first adapted one are the shared
+    /// trunk: they run once, and their keys / values go into every member's cache. From that
+    /// layer on, the members' rows are stacked (`(M * T, hidden)`, member-major), so each
+    /// base weight is read once per layer for all members.
+    ///
+    /// `caches` holds one cache per (member, sequence), member-major (`M * N` of them).
+    /// Returns `(M, N, K)` (or `(M, N, vocab)`) logits of each sequence's last new position.
+    pub fn forward_members(
+        &self,
+        seqs: &[&[u32]],
+        lora: Option<&MultiLora>,
+        caches: &mut [KvCache],
+        logits: Logits<'_>,
+    ) -> Result<Tensor> {
         let c = &self.config;
-        if seqs.len() != caches.len() {
+        let n = seqs.len();
+        let n_members = lora.map_or(1, MultiLora::n_members);
+        if n == 0 || n_members == 0 {
+            return Err(Error::Input(
+                "no sequences (or no members) to run".to_owned(),
+            ));
+        }
+        if caches.len() != n * n_members {
             return Err(Error::Input(format!(
-                "{} sequences but {} caches",
-                seqs.len(),
+                "{n} sequences x {n_members} members need {} caches, got {}",
+                n * n_members,
                 caches.len()
             )));
         }
-        if seqs.is_empty() {
-            return Err(Error::Input("no sequences to run".to_owned()));
-        }
-        for (i, (s, cache)) in seqs.iter().zip(caches.iter()).enumerate() {
+        for (i, s) in seqs.iter().enumerate() {
             if s.is_empty() {
                 return Err(Error::Input(format!("sequence {i} is empty")));
             }
-            let end = cache.len() + s.len();
+            let start = caches[i].len();
+            if (1..n_members).any(|m| caches[m * n + i].len() != start) {
+                return Err(Error::Input(format!(
+                    "sequence {i}: the members' caches hold different lengths"
+                )));
+            }
+            let end = start + s.len();
             if end > c.context_length {
                 return Err(Error::Input(format!(
                     "sequence {i} needs {end} positions, more than the model's context length {}",
@@ -279,74 +323,134 @@ impl Llama {
             }
         }
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
-        let mut x = self.token_embd.rows(&ids, &self.device)?; // (T, hidden): all sequences packed
-        let starts: Vec<usize> = caches.iter().map(KvCache::len).collect();
+        let total = ids.len();
+        let mut offsets = Vec::with_capacity(n);
+        let mut at = 0;
+        for s in seqs {
+            offsets.push(at);
+            at += s.len();
+        }
+        let starts: Vec<usize> = caches[..n].iter().map(KvCache::len).collect();
         let masks = seqs
             .iter()
             .zip(&starts)
             .map(|(s, &start)| self.causal_mask(s.len(), start))
             .collect::<Result<Vec<_>>>()?;
-        for cache in caches.iter_mut() {
-            cache.layers.reserve(c.n_layer);
-        }
+        let batch = Batch {
+            lens: seqs.iter().map(|s| s.len()).collect(),
+            offsets,
+            starts,
+            masks,
+            total,
+        };
+        let trunk = lora.map_or(c.n_layer, MultiLora::first_layer);
+        let mut x = self.token_embd.rows(&ids, &self.device)?; // (T, hidden)
+        let mut copies = 1;
         for (li, block) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &block.attn_norm, c.rms_eps as f32)?;
-            let q = block.attn_q.matmul_t(&h)?; // (T, n_head * head_dim)
-            let k = block.attn_k.matmul_t(&h)?; // (T, n_kv_head * head_dim)
-            let v = block.attn_v.matmul_t(&h)?;
-            // Sequences attend independently: one task each, spread over the cores.
-            let offsets: Vec<usize> = seqs
-                .iter()
-                .scan(0, |o, s| {
-                    let at = *o;
-                    *o += s.len();
-                    Some(at)
-                })
-                .collect();
-            let outs = caches
-                .par_iter_mut()
-                .enumerate()
-                .map(|(si, cache)| {
-                    let (offset, len) = (offsets[si], seqs[si].len());
-                    self.attend(
-                        &q.narrow(0, offset, len)?,
-                        &k.narrow(0, offset, len)?,
-                        &v.narrow(0, offset, len)?,
-                        starts[si],
-                        masks[si].as_ref(),
-                        cache,
-                        li,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let attn = Tensor::cat(&outs, 0)?; // (T, hidden)
-            x = (x + block.attn_output.matmul_t(&attn)?)?;
-            let h = rms_norm(&x, &block.ffn_norm, c.rms_eps as f32)?;
-            let gate = block.ffn_gate.matmul_t(&h)?.silu()?;
-            let up = block.ffn_up.matmul_t(&h)?;
-            x = (x + block.ffn_down.matmul_t(&(gate * up)?)?)?;
+            if li == trunk && n_members > 1 {
+                x = Tensor::cat(&vec![&x; n_members], 0)?; // (M * T, hidden)
+                copies = n_members;
+            }
+            let layer_lora = lora.filter(|_| li >= trunk);
+            x = self.block_forward(
+                li,
+                block,
+                &x,
+                &batch,
+                copies,
+                &mut caches[..copies * n],
+                layer_lora,
+            )?;
+            if copies == 1 && n_members > 1 {
+                // A trunk layer: every member sees the same keys and values.
+                let (first, rest) = caches.split_at_mut(n);
+                for (j, cache) in rest.iter_mut().enumerate() {
+                    let kv = first[j % n].layers[li].clone();
+                    if li < cache.layers.len() {
+                        cache.layers[li] = kv;
+                    } else {
+                        cache.layers.push(kv);
+                    }
+                }
+            }
         }
-        // Only the last position of each sequence reaches the lm_head.
-        let mut last = Vec::with_capacity(seqs.len());
-        let mut offset = 0;
-        for s in seqs {
-            offset += s.len();
-            last.push((offset - 1) as u32);
+        // Only the last position of each (member, sequence) reaches the lm_head.
+        let mut last = Vec::with_capacity(n_members * n);
+        for m in 0..n_members {
+            let base = if copies == 1 { 0 } else { m * total };
+            for i in 0..n {
+                last.push((base + batch.offsets[i] + batch.lens[i] - 1) as u32);
+            }
         }
-        let last = Tensor::from_vec(last, seqs.len(), &self.device)?;
+        let last = Tensor::from_vec(last, n_members * n, &self.device)?;
         let h = rms_norm(
             &x.index_select(&last, 0)?,
             &self.output_norm,
             c.rms_eps as f32,
-        )?; // (N, hidden)
+        )?; // (M * N, hidden)
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        match logits {
+        let out = match logits {
             Logits::Tokens(tokens) => {
                 let rows = head.rows(tokens, &self.device)?; // (K, hidden)
-                Ok(h.matmul(&rows.t()?)?)
+                h.matmul(&rows.t()?)?
             }
-            Logits::Full => head.matmul_t(&h),
-        }
+            Logits::Full => head.matmul_t(&h)?,
+        };
+        let width = out.dims()[1];
+        Ok(out.reshape((n_members, n, width))?)
+    }
+
+    /// One decoder block over `copies` stacked copies of the batch (rows member-major), with
+    /// the members' LoRA updates when `lora` is given.
+    #[allow(clippy::too_many_arguments)] // internal; the pieces are the block's whole state
+    fn block_forward(
+        &self,
+        li: usize,
+        block: &Block,
+        x: &Tensor,
+        batch: &Batch,
+        copies: usize,
+        caches: &mut [KvCache],
+        lora: Option<&MultiLora>,
+    ) -> Result<Tensor> {
+        let eps = self.config.rms_eps as f32;
+        let linear = |w: &QWeight, proj: Target, h: &Tensor| -> Result<Tensor> {
+            let y = w.matmul_t(h)?;
+            match lora {
+                Some(l) => l.apply(li, proj, h, y),
+                None => Ok(y),
+            }
+        };
+        let h = rms_norm(x, &block.attn_norm, eps)?;
+        let q = linear(&block.attn_q, Target::Q, &h)?; // (C * T, n_head * head_dim)
+        let k = linear(&block.attn_k, Target::K, &h)?; // (C * T, n_kv_head * head_dim)
+        let v = linear(&block.attn_v, Target::V, &h)?;
+        // Each (copy, sequence) attends on its own: one task each, spread over the cores.
+        let n = batch.lens.len();
+        let outs = caches
+            .par_iter_mut()
+            .enumerate()
+            .map(|(slot, cache)| {
+                let (copy, i) = (slot / n, slot % n);
+                let (offset, len) = (copy * batch.total + batch.offsets[i], batch.lens[i]);
+                self.attend(
+                    &q.narrow(0, offset, len)?,
+                    &k.narrow(0, offset, len)?,
+                    &v.narrow(0, offset, len)?,
+                    batch.starts[i],
+                    batch.masks[i].as_ref(),
+                    cache,
+                    li,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        debug_assert_eq!(outs.len(), copies * n);
+        let attn = Tensor::cat(&outs, 0)?; // (C * T, hidden)
+        let x = (x + linear(&block.attn_output, Target::O, &attn)?)?;
+        let h = rms_norm(&x, &block.ffn_norm, eps)?;
+        let gate = linear(&block.ffn_gate, Target::Gate, &h)?.silu()?;
+        let up = linear(&block.ffn_up, Target::Up, &h)?;
+        Ok((&x + linear(&block.ffn_down, Target::Down, &(gate * up)?)?)?)
     }
 
     /// Causal attention of one sequence's `len` new positions (starting at `start`) over the

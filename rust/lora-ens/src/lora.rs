@@ -1,0 +1,328 @@
+//! PEFT LoRA adapters (`adapter_config.json` + `adapter_model.safetensors`) and ensemble
+//! directories (`ensemble.json` + member adapters), loaded into an engine-ready form:
+//! f32 `lora_A` `(r, in)` / `lora_B` `(out, r)` per (layer, projection), with `lora_B` rows
+//! of q_proj / k_proj permuted into the GGUF order the base weights use (trap 1). Everything
+//! the engine does not run is refused with an [`Error::Adapter`] that names file and feature.
+
+mod config;
+mod manifest;
+mod tensors;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+
+pub use config::{AdapterConfig, Pattern, TargetModules};
+pub use manifest::{EnsembleManifest, MANIFEST_FILE, load_adapters};
+pub use tensors::permute_qk_rows;
+
+use crate::model::LlamaConfig;
+use crate::{Error, Result};
+use config::refuse;
+use tensors::{Side, parse_key, to_f32};
+
+/// The adapter's configuration file inside a PEFT adapter directory.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The adapter's weights inside a PEFT adapter directory.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// The seven adaptable projections of a LLaMA block (HF `q_proj`.. `down_proj`, GGUF
+/// `attn_q`.. `ffn_down`), in GGUF order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    /// All projections, in GGUF order.
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+
+    /// HF / PEFT module name: `q_proj`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Target::Q => "q_proj",
+            Target::K => "k_proj",
+            Target::V => "v_proj",
+            Target::O => "o_proj",
+            Target::Gate => "gate_proj",
+            Target::Up => "up_proj",
+            Target::Down => "down_proj",
+        }
+    }
+
+    /// GGUF tensor stem: `attn_q` (as in `blk.3.attn_q.weight`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+        }
+    }
+
+    /// The HF submodule holding it: `self_attn` or `mlp`.
+    pub fn block(self) -> &'static str {
+        match self {
+            Target::Q | Target::K | Target::V | Target::O => "self_attn",
+            Target::Gate | Target::Up | Target::Down => "mlp",
+        }
+    }
+
+    /// Parse an HF (`q_proj`) or GGUF (`attn_q`) name.
+    pub fn from_name(name: &str) -> Option<Target> {
+        Target::ALL
+            .into_iter()
+            .find(|t| t.hf_name() == name || t.gguf_name() == name)
+    }
+
+    /// The full HF module name in block `layer`: `model.layers.3.self_attn.q_proj`.
+    pub fn module_name(self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}.{}", self.block(), self.hf_name())
+    }
+
+    /// `(in, out)` features of this projection in a model with config `c`.
+    pub fn dims(self, c: &LlamaConfig) -> (usize, usize) {
+        match self {
+            Target::Q => (c.hidden, c.n_head * c.head_dim),
+            Target::K | Target::V => (c.hidden, c.n_kv_head * c.head_dim),
+            Target::O => (c.n_head * c.head_dim, c.hidden),
+            Target::Gate | Target::Up => (c.hidden, c.ffn),
+            Target::Down => (c.ffn, c.hidden),
+        }
+    }
+
+    /// The head count llama.cpp's converter permutes this projection's rows with (Q: heads,
+    /// K: KV heads), or `None` for projections it leaves alone.
+    pub fn permuted_heads(self, c: &LlamaConfig) -> Option<usize> {
+        match self {
+            Target::Q => Some(c.n_head),
+            Target::K => Some(c.n_kv_head),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.hf_name())
+    }
+}
+
+/// One adapted projection: `y += scaling * B (A x)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraModule {
+    pub r: usize,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub scaling: f32,
+    /// `(r, in)`, row-major.
+    pub lora_a: Vec<f32>,
+    /// `(out, r)`, row-major; rows in the GGUF (permuted) order for Q and K.
+    pub lora_b: Vec<f32>,
+}
+
+impl LoraModule {
+    /// `scaling * B A`, `(out, in)` row-major in GGUF row order (f64 accumulation).
+    pub fn delta(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.out_dim * self.in_dim);
+        for row in self.lora_b.chunks_exact(self.r) {
+            out.extend((0..self.in_dim).map(|j| {
+                let dot: f64 = row
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &b)| f64::from(b) * f64::from(self.lora_a[k * self.in_dim + j]))
+                    .sum();
+                (f64::from(self.scaling) * dot) as f32
+            }));
+        }
+        out
+    }
+}
+
+/// A PEFT LoRA adapter, validated against a base model and ready for the forward pass.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// The directory's name (`m2` for `ens/m2`).
+    pub name: String,
+    /// The adapter directory.
+    pub path: PathBuf,
+    pub config: AdapterConfig,
+    pub modules: BTreeMap<(usize, Target), LoraModule>,
+}
+
+/// One module's tensors while the file is read: `(shape, values)` of A and B.
+type Pending = [Option<(Vec<usize>, Vec<f32>)>; 2];
+
+impl LoraAdapter {
+    /// Load the PEFT adapter in directory `dir` for the base model `base`.
+    ///
+    /// A missing directory is an [`Error::Io`] (not found); every other problem (missing or
+    /// malformed files, unsupported PEFT features, shapes of another model, non-finite
+    /// values) is an [`Error::Adapter`] naming the file.
+    pub fn load(dir: &Path, base: &LlamaConfig) -> Result<Self> {
+        let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        if !meta.is_dir() {
+            return Err(refuse(
+                dir,
+                "not a directory (expected a PEFT adapter directory)".to_owned(),
+            ));
+        }
+        let config_path = dir.join(CONFIG_FILE);
+        let config = AdapterConfig::from_file(&config_path)?;
+        config.check_targets(&config_path, base.n_layer)?;
+
+        let weights = dir.join(WEIGHTS_FILE);
+        let bad = |reason: String| refuse(&weights, reason);
+        let bytes = std::fs::read(&weights).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound if dir.join("adapter_model.bin").exists() => bad(
+                "file is missing; adapter_model.bin (pickle) is not supported: \
+                 save with safe_serialization=True"
+                    .to_owned(),
+            ),
+            std::io::ErrorKind::NotFound => bad("file is missing".to_owned()),
+            _ => Error::io(&weights, e),
+        })?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+
+        let mut pending: BTreeMap<(usize, Target), Pending> = BTreeMap::new();
+        let mut names = st.names();
+        names.sort_unstable();
+        for key in names {
+            let k = parse_key(key).map_err(bad)?;
+            let module = k.target.module_name(k.layer);
+            if k.layer >= base.n_layer {
+                return Err(bad(format!(
+                    "tensor `{key}` is for layer {} but the base model has {} layers \
+                     (trained for another model?)",
+                    k.layer, base.n_layer
+                )));
+            }
+            if !config.targets(&module, k.layer) {
+                return Err(bad(format!(
+                    "tensor `{key}` adapts `{module}`, which {CONFIG_FILE} does not target"
+                )));
+            }
+            let view = st
+                .tensor(key)
+                .map_err(|e| bad(format!("tensor `{key}`: {e}")))?;
+            let values = to_f32(key, &view).map_err(bad)?;
+            let slot = &mut pending.entry((k.layer, k.target)).or_default()[k.side as usize];
+            if slot.is_some() {
+                return Err(bad(format!(
+                    "two {} tensors for `{module}` (several adapters in one file?)",
+                    k.side.name()
+                )));
+            }
+            *slot = Some((view.shape().to_vec(), values));
+        }
+
+        let mut modules = BTreeMap::new();
+        for layer in 0..base.n_layer {
+            for target in Target::ALL {
+                let module = target.module_name(layer);
+                let entry = pending.remove(&(layer, target));
+                if entry.is_none() && config.targets(&module, layer) {
+                    return Err(bad(format!(
+                        "no lora_A / lora_B for `{module}`, which {CONFIG_FILE} targets"
+                    )));
+                }
+                let Some([a, b]) = entry else { continue };
+                let m = build_module(&config, base, layer, target, a, b).map_err(bad)?;
+                modules.insert((layer, target), m);
+            }
+        }
+        // `m0` for `ens/m0`; `.` and `..` name the directory they resolve to.
+        let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = file_name(dir)
+            .or_else(|| file_name(&dir.canonicalize().ok()?))
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(Self {
+            name,
+            path: dir.to_path_buf(),
+            config,
+            modules,
+        })
+    }
+
+    /// The update of (`layer`, `target`), if this adapter has one.
+    pub fn module(&self, layer: usize, target: Target) -> Option<&LoraModule> {
+        self.modules.get(&(layer, target))
+    }
+
+    /// The first layer this adapter changes (`None` if it has no modules): hidden states
+    /// before it are the base model's.
+    pub fn first_layer(&self) -> Option<usize> {
+        self.modules.keys().next().map(|&(layer, _)| layer)
+    }
+}
+
+/// Check one module's shapes against the base and the config, permute B for Q / K.
+fn build_module(
+    config: &AdapterConfig,
+    base: &LlamaConfig,
+    layer: usize,
+    target: Target,
+    a: Option<(Vec<usize>, Vec<f32>)>,
+    b: Option<(Vec<usize>, Vec<f32>)>,
+) -> std::result::Result<LoraModule, String> {
+    let module = target.module_name(layer);
+    let missing = |side: Side| format!("`{module}` has no {} tensor", side.name());
+    let (a_shape, lora_a) = a.ok_or_else(|| missing(Side::A))?;
+    let (b_shape, lora_b) = b.ok_or_else(|| missing(Side::B))?;
+    let r = config.rank_for(&module);
+    let (in_dim, out_dim) = target.dims(base);
+    for (side, shape, want) in [
+        (Side::A, &a_shape, [r, in_dim]),
+        (Side::B, &b_shape, [out_dim, r]),
+    ] {
+        if shape.as_slice() != want {
+            let rank_only = shape.len() == 2 && {
+                let (fixed, ranked) = if side == Side::A { (1, 0) } else { (0, 1) };
+                shape[fixed] == want[fixed] && shape[ranked] != r
+            };
+            let hint = if rank_only {
+                format!("r = {r} in {CONFIG_FILE}")
+            } else {
+                "trained for another model?".to_owned()
+            };
+            return Err(format!(
+                "{} of `{module}` is {shape:?}, expected {want:?} ({hint})",
+                side.name()
+            ));
+        }
+    }
+    let lora_b = match target.permuted_heads(base) {
+        Some(n_head) => permute_qk_rows(&lora_b, r, n_head).map_err(|e| e.to_string())?,
+        None => lora_b,
+    };
+    Ok(LoraModule {
+        r,
+        in_dim,
+        out_dim,
+        scaling: config.scaling_for(&module) as f32,
+        lora_a,
+        lora_b,
+    })
+}
