@@ -273,6 +273,28 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def notes(results: dict, threads: int) -> str:
+    """Lines under the table: which engine build ran and whether the timings can be trusted."""
+    lines = []
+    engine = results.get("engine", {}).get("info")
+    if engine:
+        lines.append(f"engine build: {engine['core_so']}, mtime {engine['core_so_mtime']}")
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    lines.append(
+        f"OMP_WAIT_POLICY={policy}"
+        if policy
+        else "OMP_WAIT_POLICY unset: OpenMP peers (torch, llama.cpp) spin while they wait"
+    )
+    loads = [max(r["loadavg_1m"]) for r in results.values() if "loadavg_1m" in r]
+    if loads and max(loads) > threads + 0.5:
+        lines.append(
+            f"WARNING: 1-min load average reached {max(loads):.1f} on {threads} threads: other "
+            "work shared the CPUs and the timings are skewed (spinning OpenMP peers most; "
+            "OMP_WAIT_POLICY=passive limits that)"
+        )
+    return "\n".join(f"- {line}" for line in lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
@@ -331,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {peer}: {msg}", file=sys.stderr, flush=True)
 
     compare(results, [q["answer"] for q in questions])
-    md = table(results)
+    md = table(results) + "\n\n" + notes(results, args.threads)
     print(md)
     for name, r in results.items():
         if "argmax_agree_engine" in r:
@@ -348,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "repeats": args.repeats,
             "label_ids": label_ids,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "results": {
                 k: {f: v for f, v in r.items() if f not in ("logits", "probs")}
                 for k, r in results.items()
