@@ -1,8 +1,10 @@
 //! Malformed model files and inputs each produce their documented, typed error (never a
 //! panic). Uses the tiny fixture model written by `make fixtures`.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{self, Value};
@@ -10,19 +12,7 @@ use lora_ens::Error;
 use lora_ens::gguf::GgufFile;
 use lora_ens::model::{KvCache, Llama, Logits};
 
-fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("LORA_ENS_RS_FIXTURES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny"),
-        PathBuf::from,
-    );
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make fixtures` first",
-        path.display()
-    );
-    path
-}
+use common::fixture;
 
 fn load(path: &Path) -> lora_ens::Result<Llama> {
     let mut gguf = GgufFile::open(path)?;

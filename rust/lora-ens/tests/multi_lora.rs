@@ -2,7 +2,7 @@
 //! member run alone, and the shared trunk and the per-member KV caches change nothing.
 //! (Parity of one member with PEFT is checked in `tests/test_peft_parity.py`.)
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use candle_core::{Device, Tensor};
 use lora_ens::gguf::GgufFile;
@@ -10,19 +10,7 @@ use lora_ens::lora::Target;
 use lora_ens::model::{KvCache, Llama, Logits};
 use lora_ens::multi_lora::MultiLora;
 
-fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("LORA_ENS_RS_FIXTURES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny"),
-        PathBuf::from,
-    );
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make fixtures` first",
-        path.display()
-    );
-    path
-}
+use common::fixture;
 
 fn model() -> Llama {
     let mut gguf = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();

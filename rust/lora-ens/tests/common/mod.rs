@@ -1,0 +1,19 @@
+//! Helpers shared by the engine's integration tests.
+
+use std::path::{Path, PathBuf};
+
+/// A file of the tiny fixture model (`make fixtures` writes them; `$LORA_ENS_RS_FIXTURES`
+/// points elsewhere).
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = std::env::var_os("LORA_ENS_RS_FIXTURES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny"),
+        PathBuf::from,
+    );
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make fixtures` first",
+        path.display()
+    );
+    path
+}
