@@ -18,7 +18,7 @@ pub const PYTHON_SUBCOMMANDS: &[&str] = &[];
 
 /// Run LoRA ensembles of LLMs: calibrated predictions with uncertainty from one base model.
 #[derive(Debug, Parser)]
-#[command(name = "lora-ens-rs", version = lora_ens::VERSION, about, long_about = None)]
+#[command(name = "lora-ens-rs", version = lora_ens::VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
