@@ -12,7 +12,7 @@ use lora_ens::Error;
 use lora_ens::gguf::GgufFile;
 use lora_ens::model::{KvCache, Llama, Logits};
 
-use common::fixture;
+use common::{fixture, max_diff};
 
 fn load(path: &Path) -> lora_ens::Result<Llama> {
     let mut gguf = GgufFile::open(path)?;
@@ -187,13 +187,6 @@ fn kv_cache_matches_full_prefill() {
     let full = model
         .forward(&[&seq], &mut [KvCache::default()], Logits::Full)
         .unwrap();
-    let diff = (step - full)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_diff(&step, &full);
     assert!(diff < 1e-4, "cache vs prefill max diff {diff}");
 }

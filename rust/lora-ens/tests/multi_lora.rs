@@ -10,7 +10,7 @@ use lora_ens::lora::Target;
 use lora_ens::model::{KvCache, Llama, Logits};
 use lora_ens::multi_lora::MultiLora;
 
-use common::fixture;
+use common::{fixture, max_diff};
 
 fn model() -> Llama {
     let mut gguf = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
@@ -58,17 +58,6 @@ fn build(model: &Llama, members: &[(u64, Spec)]) -> MultiLora {
         }
     }
     lora
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn prompts() -> Vec<Vec<u32>> {

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Tensor;
+
 /// A file of the tiny fixture model (`make fixtures` writes them; `$LORA_ENS_RS_FIXTURES`
 /// points elsewhere).
 pub fn fixture(name: &str) -> PathBuf {
@@ -16,4 +18,13 @@ pub fn fixture(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Largest absolute elementwise difference of two tensors of the same shape.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of the same shape")
 }
