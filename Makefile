@@ -34,8 +34,9 @@ build-cuda:  ## Check the engine builds with --features cuda (CUDA 13.0 from PyP
 	bash scripts/build-cuda.sh
 
 .PHONY: fixtures
-fixtures:  ## Write the tiny random LLaMA test model (GGUF + HF) into tests/fixtures/tiny
+fixtures:  ## Write the tiny random LLaMA (GGUF + HF) and a 3-member LoRA ensemble of it into tests/fixtures/tiny
 	$(PY) scripts/make_tiny_llama.py --out $(FIXTURES)
+	$(PY) scripts/make_tiny_ensemble.py --fixtures $(FIXTURES)
 
 .PHONY: lint
 lint:  ## cargo fmt --check, clippy -D warnings, ruff check and ruff format --check

@@ -10,9 +10,21 @@ from __future__ import annotations
 import sys
 
 from lora_ens_rs import _core
-from lora_ens_rs._core import Tokenizer
+from lora_ens_rs._core import (
+    TEMPLATE_NAME,
+    Tokenizer,
+    choice_context,
+    choice_continuation,
+    label_continuation,
+    label_prompt,
+    parse_questions,
+    read_questions,
+)
+from lora_ens_rs.ensemble import Ensemble
+from lora_ens_rs.results import Generation, Scores
 from lora_ens_rs.errors import (
     AdapterError,
+    DataError,
     DeviceError,
     EngineError,
     InputError,
@@ -28,9 +40,13 @@ from lora_ens_rs.errors import (
 __version__: str = _core.__version__
 
 __all__ = [
+    "TEMPLATE_NAME",
     "AdapterError",
+    "DataError",
     "DeviceError",
     "EngineError",
+    "Ensemble",
+    "Generation",
     "InputError",
     "LabelError",
     "LoraEnsError",
@@ -38,11 +54,18 @@ __all__ = [
     "MissingFileError",
     "ModelFetchError",
     "ModelLoadError",
+    "Scores",
     "Tokenizer",
     "TokenizerError",
     "__version__",
     "cache_dir",
+    "choice_context",
+    "choice_continuation",
     "default_model_path",
+    "label_continuation",
+    "label_prompt",
+    "parse_questions",
+    "read_questions",
 ]
 
 

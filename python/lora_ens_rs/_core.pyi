@@ -3,7 +3,7 @@
 
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -88,3 +88,86 @@ def load_adapters(
     paths: Sequence[str | os.PathLike[str]], model: Model, base_sha256: str | None = None
 ) -> list[LoraAdapter]:
     """Load adapters for ``model`` from PEFT adapter and ensemble (``ensemble.json``) dirs."""
+
+class Ensemble:
+    """A GGUF base model with M PEFT LoRA members run in one batched pass."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        adapters: Sequence[str | os.PathLike[str]],
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None: ...
+    def score(
+        self,
+        prompts: Sequence[str],
+        labels: Sequence[Sequence[str]],
+        batch_size: int = 16,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> dict[str, npt.NDArray[np.float32] | npt.NDArray[np.int64]]:
+        """Score prompts over label tokens; a dict of arrays (see ``lora_ens_rs.Scores``)."""
+    def score_choices(
+        self,
+        contexts: Sequence[str],
+        choices: Sequence[Sequence[str]],
+        normalization: str = "per_token",
+        batch_size: int = 16,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> dict[str, npt.NDArray[np.float32] | npt.NDArray[np.int64]]:
+        """Score answer texts as continuations; a dict of arrays."""
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+        chat: bool = False,
+    ) -> dict[str, object]:
+        """Generate with the members' averaged next-token distribution; a dict."""
+    @property
+    def member_names(self) -> list[str]: ...
+    @property
+    def member_paths(self) -> list[pathlib.Path]: ...
+    @property
+    def model_path(self) -> pathlib.Path: ...
+    @property
+    def manifest_path(self) -> pathlib.Path | None: ...
+    @property
+    def config(self) -> dict[str, int | float | bool]: ...
+    @property
+    def weight_bytes(self) -> int: ...
+    def __repr__(self) -> str: ...
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and the prompt template (rust/lora-ens-py/src/data.rs, prompt.rs)
+
+TEMPLATE_NAME: str
+LABEL_PREFIX: str
+
+def read_questions(
+    path: str | os.PathLike[str], format: str | None = None, limit: int | None = None
+) -> list[dict[str, str | int | list[str] | None]]:
+    """Read a QA dataset file into dicts: id, question, choices, labels, answer, subject."""
+
+def parse_questions(
+    text: str,
+    source: str | os.PathLike[str] = "<string>",
+    format: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, str | int | list[str] | None]]:
+    """Parse a QA dataset held in a string; ``source`` names it in errors and default ids."""
+
+def label_prompt(question: str, choices: Sequence[str], labels: Sequence[str]) -> str:
+    """The lettered prompt ``"Question: {question}\\n{label}. {choice}\\n...\\nAnswer:"``."""
+
+def label_continuation(label: str) -> str:
+    """The text scored for a label after a label prompt: ``LABEL_PREFIX + label``."""
+
+def choice_context(question: str) -> str:
+    """The context for choice-text scoring: ``"Question: {question}\\nAnswer:"``."""
+
+def choice_continuation(choice: str) -> str:
+    """The continuation scored for one choice: a space, then the trimmed choice text."""

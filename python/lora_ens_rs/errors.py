@@ -40,6 +40,10 @@ class InputError(LoraEnsError, ValueError):
     """An argument or input record is malformed or out of range."""
 
 
+class DataError(InputError):
+    """A dataset file has a record that cannot be read (the message names file and line)."""
+
+
 class ModelFetchError(LoraEnsError, RuntimeError):
     """The default model could not be downloaded or did not verify."""
 

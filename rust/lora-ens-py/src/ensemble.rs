@@ -1,86 +1,181 @@
-//! Bindings of `lora_ens::ensemble`: the reducer from member logits (N, M, K) to the
-//! ensemble's probabilities, prediction and uncertainty, as a dict of NumPy arrays.
+//! Bindings of `lora_ens::ensemble`: `_core.Ensemble`, a base model with M LoRA members.
+//! Every call releases the GIL, so several Python threads can score with one ensemble at
+//! once. The friendly front end (`lora_ens_rs.Ensemble`, NumPy result objects, the default
+//! model) is `python/lora_ens_rs/ensemble.py`.
 
-use numpy::{AllowTypeChange, PyArray1, PyArrayLikeDyn, PyArrayMethods, PyUntypedArrayMethods};
+use std::path::PathBuf;
+
+use lora_ens::generate::GenerateOptions;
+use lora_ens::score::{Normalization, ScoreOptions};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::call;
+use crate::generate::generation_dict;
+use crate::model::config_dict;
+use crate::score::scores_dict;
 
-/// Reduce M ensemble members' logits to the ensemble's distribution and uncertainty.
-///
-/// Each member's logits become a softmax over the question's options (stable, in f64); the
-/// ensemble distribution is the mean of those probabilities (a mixture, not averaged logits).
+/// A GGUF base model with M PEFT LoRA members run in one batched pass.
 ///
 /// Args:
-///     member_logits: array of shape ``(N, M, K)`` (converted to float32): N questions,
-///         M >= 1 members, K option slots. ``-inf`` marks an impossible option.
-///     valid: optional K_i <= K per question, the number of options it uses; logits beyond
-///         K_i are padding (ignored) and get probability 0. ``None`` means all K.
-///
-/// Returns:
-///     dict of NumPy arrays: ``member_probs`` (N, M, K) float32, ``probs`` (N, K) float32,
-///     ``prediction`` (N,) int64 (argmax of ``probs``, lowest index on ties),
-///     ``confidence`` (N,) float32 (max of ``probs``), ``entropy`` (N,) float32
-///     (H[probs], nats), ``expected_entropy`` (N,) float32 (mean member entropy),
-///     ``mutual_information`` (N,) float32 (entropy - expected_entropy, >= 0),
-///     ``member_predictions`` (N, M) int64, ``agreement`` (N,) float32 (fraction of members
-///     whose argmax is ``prediction``).
-///
-/// Raises:
-///     InputError: the array is not 3-D, M or K is 0, ``valid`` has the wrong length or an
-///         entry outside 1..=K, a logit is NaN or +inf, or a member's logits are all -inf.
-///
-/// Example:
-///     >>> import numpy as np
-///     >>> r = reduce(np.array([[[0.0, 1.0], [1.0, 0.0]]], dtype=np.float32))
-///     >>> r["probs"], r["prediction"]
-///     (array([[0.5, 0.5]], dtype=float32), array([0]))
-#[pyfunction]
-#[pyo3(signature = (member_logits, valid=None))]
-fn reduce<'py>(
-    py: Python<'py>,
-    member_logits: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
-    valid: Option<Vec<usize>>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let shape = member_logits.shape().to_vec();
-    // Copied in logical (row-major) order, so strided and non-contiguous views also work.
-    let logits: Vec<f32> = member_logits.as_array().iter().copied().collect();
-    let r = call(py, || {
-        let &[n, m, k] = shape.as_slice() else {
-            return Err(lora_ens::Error::Input(format!(
-                "member_logits must have shape (N, M, K), got shape {shape:?}"
-            )));
+///     model: the GGUF file.
+///     adapters: PEFT adapter directories and ensemble directories (with ``ensemble.json``),
+///         in order; empty runs the base model alone (reported as one member).
+///     device: ``"cpu"`` or ``"cuda:N"`` (CUDA builds).
+///     threads: threads for this ensemble's calls (default: one per core).
+#[pyclass(module = "lora_ens_rs._core", frozen)]
+pub struct Ensemble {
+    inner: lora_ens::ensemble::Ensemble,
+}
+
+/// `progress(done, total)` called from the engine thread (taking the GIL only for the call).
+fn progress_fn(progress: Option<Py<PyAny>>) -> Option<impl Fn(usize, usize) + Sync> {
+    progress.map(|cb| {
+        move |done: usize, total: usize| {
+            Python::attach(|py| {
+                // A failing progress callback must not abort the scoring: report and go on.
+                if let Err(e) = cb.call1(py, (done, total)) {
+                    e.write_unraisable(py, None);
+                }
+            });
+        }
+    })
+}
+
+#[pymethods]
+impl Ensemble {
+    #[new]
+    #[pyo3(signature = (model, adapters, device="cpu", threads=None))]
+    fn new(
+        py: Python<'_>,
+        model: PathBuf,
+        adapters: Vec<PathBuf>,
+        device: &str,
+        threads: Option<usize>,
+    ) -> PyResult<Self> {
+        let inner = call(py, || {
+            let device = lora_ens::device::parse_device(device)?;
+            let ens = lora_ens::ensemble::Ensemble::load(&model, &adapters, &device)?;
+            match threads {
+                Some(t) => ens.with_threads(t),
+                None => Ok(ens),
+            }
+        })?;
+        Ok(Self { inner })
+    }
+
+    /// Score prompts over label tokens (see ``lora_ens_rs.Ensemble.score``); a dict of arrays.
+    #[pyo3(signature = (prompts, labels, batch_size=16, progress=None))]
+    fn score<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<String>,
+        labels: Vec<Vec<String>>,
+        batch_size: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let cb = progress_fn(progress);
+        let opts = ScoreOptions {
+            batch_size,
+            progress: cb.as_ref().map(|f| f as &(dyn Fn(usize, usize) + Sync)),
         };
-        lora_ens::ensemble::reduce(&logits, n, m, k, valid.as_deref())
-    })?;
-    let (n, m, k) = (r.n, r.n_members, r.k);
-    let index = |v: Vec<usize>| v.into_iter().map(|x| x as i64).collect::<Vec<i64>>();
-    let d = PyDict::new(py);
-    d.set_item(
-        "member_probs",
-        PyArray1::from_vec(py, r.member_probs).reshape([n, m, k])?,
-    )?;
-    d.set_item("probs", PyArray1::from_vec(py, r.probs).reshape([n, k])?)?;
-    d.set_item("prediction", PyArray1::from_vec(py, index(r.prediction)))?;
-    d.set_item("confidence", PyArray1::from_vec(py, r.confidence))?;
-    d.set_item("entropy", PyArray1::from_vec(py, r.entropy))?;
-    d.set_item(
-        "expected_entropy",
-        PyArray1::from_vec(py, r.expected_entropy),
-    )?;
-    d.set_item(
-        "mutual_information",
-        PyArray1::from_vec(py, r.mutual_information),
-    )?;
-    d.set_item(
-        "member_predictions",
-        PyArray1::from_vec(py, index(r.member_predictions)).reshape([n, m])?,
-    )?;
-    d.set_item("agreement", PyArray1::from_vec(py, r.agreement))?;
-    Ok(d)
+        let s = call(py, || self.inner.score(&prompts, &labels, &opts))?;
+        scores_dict(py, s)
+    }
+
+    /// Score answer texts as continuations (see ``lora_ens_rs.Ensemble.score_choices``).
+    #[pyo3(signature = (contexts, choices, normalization="per_token", batch_size=16, progress=None))]
+    fn score_choices<'py>(
+        &self,
+        py: Python<'py>,
+        contexts: Vec<String>,
+        choices: Vec<Vec<String>>,
+        normalization: &str,
+        batch_size: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let cb = progress_fn(progress);
+        let opts = ScoreOptions {
+            batch_size,
+            progress: cb.as_ref().map(|f| f as &(dyn Fn(usize, usize) + Sync)),
+        };
+        let s = call(py, || {
+            let norm = Normalization::from_name(normalization)?;
+            self.inner.score_choices(&contexts, &choices, norm, &opts)
+        })?;
+        scores_dict(py, s)
+    }
+
+    /// Generate with the members' averaged next-token distribution; a dict.
+    #[pyo3(signature = (prompt, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, stop=None, chat=false))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        prompt: String,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+        chat: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let opts = GenerateOptions {
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop: stop.unwrap_or_default(),
+        };
+        let g = call(py, || self.inner.generate(&prompt, chat, &opts))?;
+        generation_dict(py, g)
+    }
+
+    /// The members' names (their directory names), in order.
+    #[getter]
+    fn member_names(&self) -> Vec<String> {
+        self.inner.member_names()
+    }
+
+    /// The members' adapter directories, in order.
+    #[getter]
+    fn member_paths(&self) -> Vec<PathBuf> {
+        self.inner.members().iter().map(|m| m.path.clone()).collect()
+    }
+
+    /// The GGUF file of the base model.
+    #[getter]
+    fn model_path(&self) -> PathBuf {
+        self.inner.model_path().to_path_buf()
+    }
+
+    /// The first ``ensemble.json`` loaded, or ``None``.
+    #[getter]
+    fn manifest_path(&self) -> Option<PathBuf> {
+        self.inner.manifest().map(|m| m.path.clone())
+    }
+
+    /// The base model's hyper-parameters as a dict.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        config_dict(py, self.inner.config())
+    }
+
+    /// Bytes held by the base model's quantized weights.
+    #[getter]
+    fn weight_bytes(&self) -> usize {
+        self.inner.model().weight_bytes()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Ensemble(model={:?}, members={:?})",
+            self.inner.model_path().display().to_string(),
+            self.inner.member_names()
+        )
+    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(reduce, m)?)
+    m.add_class::<Ensemble>()
 }

@@ -24,6 +24,7 @@ fn class_name(err: &Error) -> &'static str {
         Error::Label(_) => "LabelError",
         Error::Adapter { .. } => "AdapterError",
         Error::Input(_) => "InputError",
+        Error::Data { .. } => "DataError",
         Error::ModelFetch(_) => "ModelFetchError",
         Error::Device(_) => "DeviceError",
         Error::Candle(_) => "EngineError",

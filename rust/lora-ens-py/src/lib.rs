@@ -5,11 +5,16 @@
 use pyo3::prelude::*;
 
 mod cli;
+mod data;
 mod default_model;
 mod ensemble;
 mod error;
+mod generate;
 mod lora;
 mod model;
+mod prompt;
+mod reduce;
+mod score;
 mod tokenizer;
 
 #[pymodule]
@@ -17,10 +22,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", lora_ens::VERSION)?;
     error::register(m)?;
     default_model::register(m)?;
-    ensemble::register(m)?;
+    reduce::register(m)?;
     cli::register(m)?;
     model::register(m)?;
     lora::register(m)?;
     tokenizer::register(m)?;
+    data::register(m)?;
+    prompt::register(m)?;
+    ensemble::register(m)?;
     Ok(())
 }

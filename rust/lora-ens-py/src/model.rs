@@ -45,20 +45,7 @@ impl Model {
     /// The model's hyper-parameters as a dict.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = self.inner.config();
-        let d = PyDict::new(py);
-        d.set_item("vocab_size", c.vocab_size)?;
-        d.set_item("hidden", c.hidden)?;
-        d.set_item("n_layer", c.n_layer)?;
-        d.set_item("n_head", c.n_head)?;
-        d.set_item("n_kv_head", c.n_kv_head)?;
-        d.set_item("head_dim", c.head_dim)?;
-        d.set_item("ffn", c.ffn)?;
-        d.set_item("rms_eps", c.rms_eps)?;
-        d.set_item("rope_base", c.rope_base)?;
-        d.set_item("context_length", c.context_length)?;
-        d.set_item("tied_embeddings", c.tied_embeddings)?;
-        Ok(d)
+        config_dict(py, self.inner.config())
     }
 
     /// The GGUF file the model was loaded from.
@@ -218,6 +205,26 @@ impl Model {
     pub(crate) fn llama_config(&self) -> &lora_ens::model::LlamaConfig {
         self.inner.config()
     }
+}
+
+/// A model's hyper-parameters as a dict (shared with `Ensemble.config`).
+pub(crate) fn config_dict<'py>(
+    py: Python<'py>,
+    c: &lora_ens::model::LlamaConfig,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("vocab_size", c.vocab_size)?;
+    d.set_item("hidden", c.hidden)?;
+    d.set_item("n_layer", c.n_layer)?;
+    d.set_item("n_head", c.n_head)?;
+    d.set_item("n_kv_head", c.n_kv_head)?;
+    d.set_item("head_dim", c.head_dim)?;
+    d.set_item("ffn", c.ffn)?;
+    d.set_item("rms_eps", c.rms_eps)?;
+    d.set_item("rope_base", c.rope_base)?;
+    d.set_item("context_length", c.context_length)?;
+    d.set_item("tied_embeddings", c.tied_embeddings)?;
+    Ok(d)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -54,6 +54,14 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// A dataset file with a record that cannot be read (line is 1-based; 0 = whole file).
+    #[error("{}", data_message(path, *line, reason))]
+    Data {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
     /// The default model could not be downloaded or did not verify.
     #[error("default model: {0}")]
     ModelFetch(String),
@@ -69,6 +77,14 @@ pub enum Error {
 
 /// The engine's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn data_message(path: &std::path::Path, line: usize, reason: &str) -> String {
+    if line == 0 {
+        format!("{}: {reason}", path.display())
+    } else {
+        format!("{}:{line}: {reason}", path.display())
+    }
+}
 
 impl Error {
     /// An [`Error::Io`] for `path`.

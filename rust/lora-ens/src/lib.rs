@@ -5,16 +5,21 @@
 //! ensemble prediction with its uncertainty. It has no Python in it; `lora-ens-py` wraps it.
 
 pub mod chat;
+pub mod data;
 pub mod default_model;
 pub mod device;
 pub mod ensemble;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod linear;
 pub mod lora;
 pub mod model;
 pub mod multi_lora;
+pub mod prompt;
+pub mod reduce;
+pub mod score;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

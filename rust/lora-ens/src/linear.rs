@@ -132,6 +132,55 @@ impl QWeight {
         Ok(Tensor::cat(&parts, 1)?)
     }
 
+    /// `log softmax(x W^T)[r, targets[r]]` for every row `r` of `x` `(n, cols)`: the
+    /// log-probability of one token per position, without materializing `(n, rows)` logits.
+    /// The matrix is streamed in chunks of [`CHUNK_ROWS`] rows with a running log-sum-exp
+    /// (in f64) per position, so memory stays at `n * CHUNK_ROWS` floats.
+    pub fn log_softmax_at(&self, x: &Tensor, targets: &[u32]) -> Result<Vec<f32>> {
+        let n = x.dims()[0];
+        if targets.len() != n {
+            return Err(Error::Input(format!(
+                "{} positions but {} target tokens",
+                n,
+                targets.len()
+            )));
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= self.rows) {
+            return Err(Error::Input(format!(
+                "token id {bad} is out of range for `{}` ({} rows)",
+                self.name, self.rows
+            )));
+        }
+        let mut max = vec![f64::NEG_INFINITY; n];
+        let mut sum = vec![0f64; n];
+        let mut picked = vec![0f64; n];
+        for start in (0..self.rows).step_by(CHUNK_ROWS) {
+            let len = CHUNK_ROWS.min(self.rows - start);
+            let w = self.dequantize_range(start, len, x.device())?;
+            let logits = x.matmul(&w.t()?)?.to_vec2::<f32>()?; // (n, len)
+            for (r, row) in logits.iter().enumerate() {
+                let chunk_max = row
+                    .iter()
+                    .fold(f64::NEG_INFINITY, |a, &v| a.max(f64::from(v)));
+                if chunk_max > max[r] {
+                    sum[r] *= (max[r] - chunk_max).exp();
+                    max[r] = chunk_max;
+                }
+                sum[r] += row
+                    .iter()
+                    .map(|&v| (f64::from(v) - max[r]).exp())
+                    .sum::<f64>();
+                let t = targets[r] as usize;
+                if (start..start + len).contains(&t) {
+                    picked[r] = f64::from(row[t - start]);
+                }
+            }
+        }
+        Ok((0..n)
+            .map(|r| (picked[r] - max[r] - sum[r].ln()) as f32)
+            .collect())
+    }
+
     /// The rows `ids` as an f32 `(ids.len(), cols)` tensor (embedding lookup).
     pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.rows) {

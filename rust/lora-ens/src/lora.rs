@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use safetensors::SafeTensors;
 
 pub use config::{AdapterConfig, Pattern, TargetModules};
-pub use manifest::{EnsembleManifest, MANIFEST_FILE, load_adapters};
+pub use manifest::{EnsembleManifest, MANIFEST_FILE, is_ensemble, load_adapters};
 pub use tensors::permute_qk_rows;
 
 use crate::model::LlamaConfig;

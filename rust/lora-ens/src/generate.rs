@@ -1,0 +1,365 @@
+//! Ensemble text generation: every member keeps its own KV cache; at each step the members'
+//! next-token distributions over the whole vocabulary are averaged (a mixture, as in the
+//! reducer) and the next token is picked from that mixture (greedy, or sampled with
+//! temperature / top-p and a seed). Each generated token carries the ensemble's entropy,
+//! expected entropy and mutual information at that step.
+//! Test: `cargo test -p lora-ens --lib generate` and `cargo test -p lora-ens --test ensemble`.
+
+use candle_core::Tensor;
+
+use crate::model::{KvCache, Llama, Logits};
+use crate::multi_lora::MultiLora;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// How to decode.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Stop after this many new tokens.
+    pub max_new_tokens: usize,
+    /// 0 = greedy (argmax of the mixture); otherwise sample from `mixture^(1 / temperature)`.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most probable tokens whose mass reaches `top_p` (1 = all).
+    pub top_p: f32,
+    /// Seed of the sampler; the same seed gives the same text.
+    pub seed: u64,
+    /// Stop as soon as the text contains one of these (it is cut before the stop string).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl GenerateOptions {
+    fn check(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Input(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Input(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::Input("stop strings must not be empty".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// Why decoding ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The end-of-sequence (or end-of-turn) token was picked.
+    Eos,
+    /// A stop string appeared in the text.
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+}
+
+impl FinishReason {
+    /// `"eos"`, `"stop"` or `"length"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// A generated continuation and the ensemble's uncertainty at each step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The text (special tokens and any stop string left out).
+    pub text: String,
+    /// Generated token ids, the final EOS / end-of-turn token excluded.
+    pub tokens: Vec<u32>,
+    /// Per token: the mixture's probability of the token picked.
+    pub probs: Vec<f32>,
+    /// Per token: entropy of the mixture over the vocabulary (nats).
+    pub entropy: Vec<f32>,
+    /// Per token: the members' mean entropy.
+    pub expected_entropy: Vec<f32>,
+    /// Per token: `entropy - expected_entropy`, the members' disagreement.
+    pub mutual_information: Vec<f32>,
+    pub finish_reason: FinishReason,
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a small, well-mixed generator; enough for sampling.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One decoding step's mixture and its uncertainty.
+struct Step {
+    mixture: Vec<f64>,
+    entropy: f64,
+    expected_entropy: f64,
+}
+
+/// Softmax of each member's `(M, 1, vocab)` logits, their mean, and the entropies (in f64).
+fn mix(logits: &Tensor) -> Result<Step> {
+    let rows = logits.squeeze(1)?.to_vec2::<f32>()?; // (M, vocab)
+    let m = rows.len();
+    let vocab = rows[0].len();
+    let mut mixture = vec![0f64; vocab];
+    let mut expected_entropy = 0.0;
+    for (member, row) in rows.iter().enumerate() {
+        if let Some(j) = row.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Input(format!(
+                "member {member} produced a non-finite logit ({}) for token {j}",
+                row[j]
+            )));
+        }
+        let max = row
+            .iter()
+            .fold(f64::NEG_INFINITY, |a, &x| a.max(f64::from(x)));
+        let sum: f64 = row.iter().map(|&x| (f64::from(x) - max).exp()).sum();
+        let log_sum = sum.ln();
+        let mut h = 0.0;
+        for (acc, &x) in mixture.iter_mut().zip(row) {
+            let lp = f64::from(x) - max - log_sum;
+            let p = lp.exp();
+            *acc += p / m as f64;
+            if p > 0.0 {
+                h -= p * lp;
+            }
+        }
+        expected_entropy += h / m as f64;
+    }
+    let entropy = -mixture
+        .iter()
+        .filter(|&&p| p > 0.0)
+        .map(|&p| p * p.ln())
+        .sum::<f64>();
+    Ok(Step {
+        mixture,
+        entropy,
+        expected_entropy,
+    })
+}
+
+/// Pick the next token from `p` (a distribution): argmax when `temperature == 0`, else a
+/// draw from the tempered, nucleus-truncated distribution.
+fn pick(p: &[f64], opts: &GenerateOptions, rng: &mut SplitMix64) -> usize {
+    if opts.temperature == 0.0 {
+        // Lowest index on ties, like numpy.argmax.
+        return p
+            .iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
+                if x > best.1 { (i, x) } else { best }
+            })
+            .0;
+    }
+    let inv_t = 1.0 / f64::from(opts.temperature);
+    // Tempering in log space keeps tiny probabilities from underflowing before renormalising.
+    let logs: Vec<f64> = p.iter().map(|&x| x.ln() * inv_t).collect();
+    let max = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mut order: Vec<(usize, f64)> = logs
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i, (l - max).exp()))
+        .filter(|&(_, w)| w > 0.0)
+        .collect();
+    let total: f64 = order.iter().map(|&(_, w)| w).sum();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for &(_, w) in &order {
+        kept += 1;
+        mass += w / total;
+        if mass >= f64::from(opts.top_p) {
+            break;
+        }
+    }
+    order.truncate(kept);
+    let kept_total: f64 = order.iter().map(|&(_, w)| w).sum();
+    let mut u = rng.next_f64() * kept_total;
+    for &(i, w) in &order {
+        if u < w {
+            return i;
+        }
+        u -= w;
+    }
+    order[kept - 1].0
+}
+
+/// Decode from `prompt` (token ids) with every member of `lora` (the base alone when
+/// `None`), stopping at `stop_ids`, a stop string or `max_new_tokens`.
+pub fn generate(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    lora: Option<&MultiLora>,
+    prompt: &[u32],
+    stop_ids: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Generation> {
+    opts.check()?;
+    if prompt.is_empty() {
+        return Err(Error::Input("the prompt has no tokens".to_owned()));
+    }
+    let n_members = lora.map_or(1, MultiLora::n_members);
+    let mut caches = vec![KvCache::default(); n_members];
+    let mut rng = SplitMix64(opts.seed);
+    let mut out = Generation {
+        text: String::new(),
+        tokens: Vec::new(),
+        probs: Vec::new(),
+        entropy: Vec::new(),
+        expected_entropy: Vec::new(),
+        mutual_information: Vec::new(),
+        finish_reason: FinishReason::Length,
+    };
+    let mut next: Vec<u32> = prompt.to_vec();
+    for _ in 0..opts.max_new_tokens {
+        if caches[0].len() + next.len() > model.config().context_length {
+            break; // The context is full: stop as if the length limit was reached.
+        }
+        let logits = model.forward_members(&[&next], lora, &mut caches, Logits::Full)?;
+        let step = mix(&logits)?;
+        let id = pick(&step.mixture, opts, &mut rng) as u32;
+        if stop_ids.contains(&id) {
+            out.finish_reason = FinishReason::Eos;
+            break;
+        }
+        out.tokens.push(id);
+        out.probs.push(step.mixture[id as usize] as f32);
+        out.entropy.push(step.entropy as f32);
+        out.expected_entropy.push(step.expected_entropy as f32);
+        out.mutual_information
+            .push((step.entropy - step.expected_entropy).max(0.0) as f32);
+        if !opts.stop.is_empty() {
+            let text = tokenizer.decode(&out.tokens, true)?;
+            if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                out.text = text[..cut].to_owned();
+                out.finish_reason = FinishReason::Stop;
+                return Ok(out);
+            }
+        }
+        next = vec![id];
+    }
+    out.text = tokenizer.decode(&out.tokens, true)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut rng = SplitMix64(0);
+        let opts = GenerateOptions::default();
+        assert_eq!(pick(&[0.1, 0.4, 0.4, 0.1], &opts, &mut rng), 1);
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let opts = GenerateOptions {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..Default::default()
+        };
+        let mut rng = SplitMix64(7);
+        // The top token alone holds 0.6 >= 0.5 of the mass: nothing else may be drawn.
+        for _ in 0..200 {
+            assert_eq!(pick(&[0.1, 0.6, 0.2, 0.1], &opts, &mut rng), 1);
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let opts = GenerateOptions {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let mut rng = SplitMix64(3);
+        let p = [0.2, 0.5, 0.3];
+        let mut counts = [0usize; 3];
+        let draws = 20_000;
+        for _ in 0..draws {
+            counts[pick(&p, &opts, &mut rng)] += 1;
+        }
+        for (c, want) in counts.iter().zip(p) {
+            let freq = *c as f64 / draws as f64;
+            // 5 standard deviations of a binomial frequency at n = 20000 is < 0.018.
+            assert!((freq - want).abs() < 0.018, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn low_temperature_sharpens() {
+        let opts = GenerateOptions {
+            temperature: 0.05,
+            ..Default::default()
+        };
+        let mut rng = SplitMix64(11);
+        // (0.5 / 0.3)^(1/0.05) is about 2.7e4: the runner-up is (almost) never drawn.
+        let hits = (0..1000)
+            .filter(|_| pick(&[0.3, 0.5, 0.2], &opts, &mut rng) == 1)
+            .count();
+        assert!(hits >= 995, "{hits}");
+    }
+
+    #[test]
+    fn options_are_checked() {
+        for opts in [
+            GenerateOptions {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            GenerateOptions {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            GenerateOptions {
+                stop: vec![String::new()],
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(opts.check(), Err(Error::Input(_))));
+        }
+    }
+
+    #[test]
+    fn mixture_entropies_of_identical_members() {
+        let logits = Tensor::new(
+            &[[[1.0f32, 2.0, 0.5]], [[1.0, 2.0, 0.5]]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let s = mix(&logits).unwrap();
+        assert!((s.entropy - s.expected_entropy).abs() < 1e-12);
+        let total: f64 = s.mixture.iter().sum();
+        assert!((total - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,298 @@
+//! The `Ensemble` API on the tiny fixture model and its 3-member fixture ensemble
+//! (`make fixtures`): shared prefixes and trunks give the numbers of the unshared
+//! computation, multi-token labels fall back to summed log-probabilities, M = 0 is the base
+//! model, and generation agrees with plain greedy decoding.
+//! (Parity with PEFT is checked in `tests/test_score.py`.)
+
+mod common;
+
+use candle_core::Device;
+use lora_ens::ensemble::Ensemble;
+use lora_ens::generate::{FinishReason, GenerateOptions};
+use lora_ens::model::{KvCache, Logits};
+use lora_ens::multi_lora::MultiLora;
+use lora_ens::prompt;
+use lora_ens::score::{Normalization, ScoreOptions};
+
+use common::fixture;
+
+fn ensemble() -> Ensemble {
+    Ensemble::load(
+        fixture("tiny-q8_0.gguf"),
+        &[fixture("ensemble")],
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn base() -> Ensemble {
+    Ensemble::load(fixture("tiny-q8_0.gguf"), &[] as &[&str], &Device::Cpu).unwrap()
+}
+
+fn strings(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn questions() -> (Vec<String>, Vec<Vec<String>>) {
+    let contexts = vec![
+        prompt::choice_context("What do you call a baby cat?"),
+        prompt::choice_context("Where does the sun rise?"),
+        "Hi".to_owned(), // a one-token context has no prefix to cache
+    ];
+    let choices = vec![
+        strings(&["kitten", "puppy", "a small dog that barks"]),
+        strings(&["in the east", "west", "north", "nowhere at all"]),
+        strings(&["there", "you"]),
+    ];
+    (contexts, choices)
+}
+
+/// Each option's summed log-probability from one full forward pass over context + option
+/// (no cache, no prefix sharing), member by member.
+fn unshared_sums(ens: &Ensemble, context: &str, option: &str) -> Vec<f64> {
+    let tok = ens.tokenizer();
+    let ctx = tok.encode(context, true).unwrap();
+    let cont = tok
+        .encode(&prompt::choice_continuation(option), false)
+        .unwrap();
+    let full: Vec<u32> = ctx.iter().chain(&cont).copied().collect();
+    let seq = &full[..full.len() - 1];
+    let targets = &full[1..];
+    let refs: Vec<&_> = ens.members().iter().collect();
+    let lora = MultiLora::from_adapters(&refs, ens.config().n_layer, &Device::Cpu).unwrap();
+    let m = refs.len();
+    let mut caches = vec![KvCache::default(); m];
+    let lp = ens
+        .model()
+        .forward_members_logprobs(&[seq], &[targets], Some(&lora), &mut caches)
+        .unwrap();
+    let t = seq.len();
+    (0..m)
+        .map(|member| {
+            lp[member * t + t - cont.len()..(member + 1) * t]
+                .iter()
+                .map(|&x| f64::from(x))
+                .sum()
+        })
+        .collect()
+}
+
+#[test]
+fn shared_prefix_equals_full_sequence() {
+    let ens = ensemble();
+    let (contexts, choices) = questions();
+    let opts = ScoreOptions {
+        batch_size: 2, // two batches, one of them a single question
+        ..Default::default()
+    };
+    let s = ens
+        .score_choices(&contexts, &choices, Normalization::Sum, &opts)
+        .unwrap();
+    let (m, k) = (s.reduced.n_members, s.reduced.k);
+    assert_eq!((m, k), (3, 4));
+    let mut worst = 0f64;
+    for (i, (context, options)) in contexts.iter().zip(&choices).enumerate() {
+        for (j, option) in options.iter().enumerate() {
+            let want = unshared_sums(&ens, context, option);
+            for (member, w) in want.iter().enumerate() {
+                let got = f64::from(s.member_scores[(i * m + member) * k + j]);
+                worst = worst.max((got - w).abs());
+            }
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "shared vs unshared log-likelihood differ by {worst}"
+    );
+}
+
+#[test]
+fn normalizations_divide_the_sum() {
+    let ens = ensemble();
+    let (contexts, choices) = questions();
+    let opts = ScoreOptions::default();
+    let sum = ens
+        .score_choices(&contexts, &choices, Normalization::Sum, &opts)
+        .unwrap();
+    let tok = ens.tokenizer();
+    let (m, k) = (sum.reduced.n_members, sum.reduced.k);
+    for norm in [Normalization::PerToken, Normalization::PerByte] {
+        let s = ens.score_choices(&contexts, &choices, norm, &opts).unwrap();
+        for (i, options) in choices.iter().enumerate() {
+            for (j, option) in options.iter().enumerate() {
+                let cont = prompt::choice_continuation(option);
+                let denom = match norm {
+                    Normalization::PerToken => tok.encode(&cont, false).unwrap().len(),
+                    _ => cont.len(),
+                } as f32;
+                for member in 0..m {
+                    let at = (i * m + member) * k + j;
+                    let want = sum.member_scores[at] / denom;
+                    assert!((s.member_scores[at] - want).abs() < 1e-5);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn labels_score_the_next_token_and_pad_per_question() {
+    let ens = ensemble();
+    let prompts = vec![
+        prompt::label_prompt(
+            "Pick one",
+            &strings(&["x", "y", "z"]),
+            &strings(&["A", "B", "C"]),
+        )
+        .unwrap(),
+        prompt::label_prompt("Pick", &strings(&["x", "y"]), &strings(&["1", "2"])).unwrap(),
+    ];
+    let labels = vec![strings(&["A", "B", "C"]), strings(&["1", "2"])];
+    let s = ens
+        .score(&prompts, &labels, &ScoreOptions::default())
+        .unwrap();
+    assert_eq!(s.n_options, vec![3, 2]);
+    let r = &s.reduced;
+    // Padding slots have probability 0; each member's row sums to 1.
+    for member in 0..r.n_members {
+        let row = &r.member_probs[(r.n_members + member) * r.k..][..r.k];
+        assert_eq!(row[2], 0.0);
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    // Label scores are the logits of the label tokens at the prompt's last position.
+    let tok = ens.tokenizer();
+    let ids: Vec<u32> = ["A", "B", "C"]
+        .iter()
+        .map(|l| tok.encode(&prompt::label_continuation(l), false).unwrap()[0])
+        .collect();
+    let refs: Vec<&_> = ens.members().iter().collect();
+    let lora = MultiLora::from_adapters(&refs, ens.config().n_layer, &Device::Cpu).unwrap();
+    let seq = tok.encode(&prompts[0], true).unwrap();
+    let mut caches = vec![KvCache::default(); 3];
+    let want = ens
+        .model()
+        .forward_members(&[&seq], Some(&lora), &mut caches, Logits::Tokens(&ids))
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    for member in 0..3 {
+        for j in 0..3 {
+            let got = s.member_scores[member * r.k + j];
+            assert!((got - want[member][0][j]).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn multi_token_labels_sum_their_log_probabilities() {
+    let ens = ensemble();
+    let tok = ens.tokenizer();
+    let labels = strings(&["A", "yes please", "B"]);
+    assert!(
+        tok.encode(&prompt::label_continuation("yes please"), false)
+            .unwrap()
+            .len()
+            > 1
+    );
+    let p = vec!["Question: Continue\nAnswer:".to_owned()];
+    let s = ens
+        .score(&p, std::slice::from_ref(&labels), &ScoreOptions::default())
+        .unwrap();
+    // The same question scored as choices (sum of log-probabilities) gives the same softmax.
+    let c = ens
+        .score_choices(
+            &p,
+            std::slice::from_ref(&labels),
+            Normalization::Sum,
+            &ScoreOptions::default(),
+        )
+        .unwrap();
+    for (a, b) in s.reduced.member_probs.iter().zip(&c.reduced.member_probs) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn no_adapters_is_the_base_model() {
+    let ens = base();
+    assert_eq!(ens.n_members(), 0);
+    let (contexts, choices) = questions();
+    let s = ens
+        .score_choices(
+            &contexts,
+            &choices,
+            Normalization::Sum,
+            &ScoreOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(s.reduced.n_members, 1);
+    for r in &s.reduced.mutual_information {
+        assert_eq!(*r, 0.0);
+    }
+    // Greedy ensemble generation with the base alone is plain greedy decoding.
+    let tok = ens.tokenizer();
+    let ids = tok.encode("Question: Where", true).unwrap();
+    let want = ens.model().generate_greedy(&ids, 12, &[]).unwrap();
+    let got = ens
+        .generate(
+            "Question: Where",
+            false,
+            &GenerateOptions {
+                max_new_tokens: 12,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let eos = tok.eos_id();
+    let want: Vec<u32> = want.into_iter().take_while(|id| Some(*id) != eos).collect();
+    assert_eq!(got.tokens, want);
+    assert_eq!(got.entropy.len(), got.tokens.len());
+    assert!(got.mutual_information.iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn sampling_is_reproducible_and_stops_on_strings() {
+    let ens = ensemble();
+    let opts = GenerateOptions {
+        max_new_tokens: 16,
+        temperature: 1.0,
+        top_p: 0.9,
+        seed: 42,
+        ..Default::default()
+    };
+    let a = ens.generate("Once upon", false, &opts).unwrap();
+    let b = ens.generate("Once upon", false, &opts).unwrap();
+    assert_eq!(a, b);
+    assert!(a.mutual_information.iter().all(|&x| x >= 0.0));
+    assert!(a.mutual_information.iter().any(|&x| x > 0.0));
+    // Stop at the first character of the sampled text: the result is cut before it.
+    if let Some(first) = a.text.chars().find(|c| !c.is_whitespace()) {
+        let stop = GenerateOptions {
+            stop: vec![first.to_string()],
+            ..opts.clone()
+        };
+        let c = ens.generate("Once upon", false, &stop).unwrap();
+        assert_eq!(c.finish_reason, FinishReason::Stop);
+        assert!(!c.text.contains(first));
+    }
+}
+
+#[test]
+fn bad_arguments_are_input_errors() {
+    let ens = ensemble();
+    let p = vec!["a".to_owned(), "b".to_owned()];
+    let three = vec![strings(&["A"]), strings(&["B"]), strings(&["C"])];
+    let err = ens.score(&p, &three, &ScoreOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("3 lists of labels for 2 prompts"),
+        "{err}"
+    );
+    let err = ens
+        .score(&p, &[strings(&["A", " "])], &ScoreOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, lora_ens::Error::Label(_)), "{err}");
+    let err = ens
+        .score(&[], &[strings(&["A"])], &ScoreOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("nothing to score"), "{err}");
+}
