@@ -352,7 +352,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{source.name} (sha256 {source_sha256}), {len(vocab['merges'])} merges.\n"
         f"Byte values absent from that vocabulary (and so from this one): {vocab['absent_bytes']}\n"
     )
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    # The LoRA ensemble under `ensemble/` is written afterwards by make_tiny_ensemble.py.
+    files = sorted(
+        p
+        for p in out.rglob("*")
+        if p.is_file() and p.name != "manifest.json" and p.relative_to(out).parts[0] != "ensemble"
+    )
     manifest = {
         "script_sha256": sha256(Path(__file__)),
         "seed": SEED,

@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MAKE_TINY_LLAMA = REPO / "scripts" / "make_tiny_llama.py"
+MAKE_TINY_ENSEMBLE = REPO / "scripts" / "make_tiny_ensemble.py"
 
 
 def sha256(path: Path) -> str:
@@ -53,6 +54,20 @@ def tiny_dir() -> Path:
             stdout=subprocess.DEVNULL,
         )
         assert tiny_fixture_is_fresh(directory), f"{MAKE_TINY_LLAMA} left {directory} incomplete"
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_ensemble(tiny_dir: Path) -> Path:
+    """The tiny model's 3-member LoRA ensemble directory (``ensemble.json`` + ``m0..m2``)."""
+    directory = tiny_dir / "ensemble"
+    if not (directory / "ensemble.json").is_file():
+        subprocess.run(
+            [sys.executable, str(MAKE_TINY_ENSEMBLE), "--fixtures", str(tiny_dir)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return directory
 
 

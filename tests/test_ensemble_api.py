@@ -1,0 +1,180 @@
+"""The Python front end `lora_ens_rs.Ensemble` on the tiny model and its 3-member fixture
+ensemble: result objects, exports, threads, errors. (Numbers against PEFT: test_score.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_model_parity import csqa_prompts
+
+import lora_ens_rs
+from lora_ens_rs import _core
+
+
+@pytest.fixture(scope="module")
+def ens(tiny_dir: Path, tiny_ensemble: Path) -> lora_ens_rs.Ensemble:
+    return lora_ens_rs.Ensemble(tiny_dir / "tiny-q8_0.gguf", tiny_ensemble, threads=2)
+
+
+def test_properties_and_repr(ens: lora_ens_rs.Ensemble, tiny_dir: Path) -> None:
+    assert ens.members == ["m0", "m1", "m2"]
+    assert ens.n_members == 3
+    assert ens.model_path == tiny_dir / "tiny-q8_0.gguf"
+    assert ens.labels == ["A", "B", "C", "D", "E"]  # from ensemble.json
+    assert ens.manifest is not None and ens.manifest["prompt_template"] == "qa-v1"
+    assert ens.config["n_layer"] == 2
+    assert [p.name for p in ens.member_paths] == ["m0", "m1", "m2"]
+    text = repr(ens)
+    assert "tiny-q8_0.gguf" in text and "M=3" in text and "m1" in text
+
+
+def test_score_returns_numpy_arrays(ens: lora_ens_rs.Ensemble) -> None:
+    prompts = csqa_prompts(5)
+    labels = [["A", "B", "C", "D", "E"]] * 4 + [["1", "2", "3"]]
+    s = ens.score(prompts, labels)
+    assert len(s) == 5
+    assert s.member_probs.shape == (5, 3, 5) and s.member_probs.dtype == np.float32
+    assert s.probs.shape == (5, 5) and s.probs.dtype == np.float32
+    for name in ("confidence", "entropy", "expected_entropy", "mutual_information", "agreement"):
+        arr = getattr(s, name)
+        assert isinstance(arr, np.ndarray) and arr.shape == (5,) and arr.dtype == np.float32
+    assert s.prediction.dtype == np.int64 and s.member_predictions.shape == (5, 3)
+    assert s.n_options.tolist() == [5, 5, 5, 5, 3]
+    np.testing.assert_array_equal(s.probs[4, 3:], 0.0)
+    np.testing.assert_allclose(s.probs.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(s.member_probs.mean(1), s.probs, atol=1e-6)
+    assert s.prediction_labels[4] in {"1", "2", "3"}
+    # A shared label list gives the same numbers as the same list per prompt.
+    shared = ens.score(prompts[:4], ["A", "B", "C", "D", "E"])
+    np.testing.assert_array_equal(shared.probs, s.probs[:4])
+
+
+def test_records_and_json(ens: lora_ens_rs.Ensemble, tmp_path: Path) -> None:
+    s = ens.score_choices(
+        ["Question: Where do fish live?\nAnswer:", "Question: What is ice?\nAnswer:"],
+        [["water", "trees", "the sky"], ["frozen water", "fire"]],
+    )
+    records = s.to_records(members=True)
+    assert records[1]["options"] == ["frozen water", "fire"]
+    assert len(records[1]["probs"]) == 2 and len(records[1]["member_probs"]) == 3
+    assert records[0]["prediction_label"] == records[0]["options"][records[0]["prediction"]]
+    assert records[0]["probs"] == pytest.approx(s.probs[0, :3].tolist())
+    out = tmp_path / "scores.json"
+    text = s.to_json(out, members=True)
+    assert json.loads(out.read_text()) == json.loads(text)
+    assert json.loads(text)["members"] == ["m0", "m1", "m2"]
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]  # no temporary left
+
+
+def test_threads_share_one_ensemble(ens: lora_ens_rs.Ensemble) -> None:
+    prompts = csqa_prompts(24)
+    want = ens.score(prompts, batch_size=5)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: ens.score(prompts, batch_size=5), range(8)))
+    for got in results:
+        np.testing.assert_array_equal(got.member_probs, want.member_probs)
+        np.testing.assert_array_equal(got.mutual_information, want.mutual_information)
+
+
+def test_engine_calls_release_the_gil(ens: lora_ens_rs.Ensemble) -> None:
+    """While the engine works (between its first progress report and its return), another
+    Python thread keeps running at a good fraction of its solo speed."""
+
+    def spin(stop: threading.Event) -> int:
+        ticks = 0
+        while not stop.is_set():
+            ticks += 1
+        return ticks
+
+    solo_stop = threading.Event()
+    timer = threading.Timer(0.2, solo_stop.set)
+    timer.start()
+    t0 = time.perf_counter()
+    solo_rate = spin(solo_stop) / (time.perf_counter() - t0)
+
+    started, done = threading.Event(), threading.Event()
+
+    def work() -> None:
+        ens.score_choices(
+            csqa_prompts(48) * 4,
+            [["yes", "no", "maybe"]],
+            batch_size=8,
+            progress=lambda d, t: started.set(),
+        )
+        done.set()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    started.wait(timeout=60)
+    t0 = time.perf_counter()
+    ticks = spin(done)
+    rate = ticks / (time.perf_counter() - t0)
+    worker.join()
+    # Holding the GIL through the call would leave this thread only the brief progress
+    # callbacks; released, it runs at a large fraction of its solo speed.
+    assert rate > 0.1 * solo_rate, (rate, solo_rate)
+
+
+def test_progress_callback(ens: lora_ens_rs.Ensemble) -> None:
+    seen: list[tuple[int, int]] = []
+    ens.score(csqa_prompts(10), batch_size=4, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(4, 10), (8, 10), (10, 10)]
+
+
+def test_generate(ens: lora_ens_rs.Ensemble) -> None:
+    g = ens.generate("Once upon a time", max_new_tokens=6)
+    assert isinstance(g, lora_ens_rs.Generation)
+    assert len(g.tokens) == len(g.entropy) == len(g.mutual_information) <= 6
+    assert g.finish_reason in {"eos", "length"}
+    assert np.all(g.mutual_information >= 0) and np.all(g.probs <= 1)
+    a, b = (
+        ens.generate("Once upon a time", max_new_tokens=6, temperature=0.8, seed=3)
+        for _ in range(2)
+    )
+    assert (a.tokens, a.text) == (b.tokens, b.text)
+    np.testing.assert_array_equal(a.entropy, b.entropy)
+
+
+def test_errors(ens: lora_ens_rs.Ensemble, tiny_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(lora_ens_rs.MissingFileError, match="nope.gguf"):
+        lora_ens_rs.Ensemble(tmp_path / "nope.gguf")
+    with pytest.raises(lora_ens_rs.MissingFileError):
+        lora_ens_rs.Ensemble(tiny_dir / "tiny-q8_0.gguf", tmp_path / "no-such-adapter")
+    with pytest.raises(lora_ens_rs.InputError, match="3 lists of labels for 2 prompts"):
+        ens.score(["a", "b"], [["A"], ["B"], ["C"]])
+    with pytest.raises(lora_ens_rs.LabelError, match="empty"):
+        ens.score(["a"], ["A", ""])
+    with pytest.raises(lora_ens_rs.InputError, match="normalization"):
+        ens.score_choices(["a"], ["x", "y"], normalization="mean")
+    with pytest.raises(lora_ens_rs.InputError, match="top_p"):
+        ens.generate("a", top_p=0.0)
+    with pytest.raises(TypeError):
+        ens.score(["a"], [["A", 3]])  # type: ignore[list-item]
+
+
+def test_manifest_of_another_base_is_refused(
+    tiny_dir: Path, tiny_ensemble: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "ens"
+    shutil.copytree(tiny_ensemble, copy)
+    with pytest.raises(lora_ens_rs.AdapterError, match="sha256"):
+        lora_ens_rs.Ensemble(tiny_dir / "tiny-q4_1.gguf", copy)
+
+
+def test_base_model_alone(tiny_dir: Path) -> None:
+    base = lora_ens_rs.Ensemble(tiny_dir / "tiny-q8_0.gguf")
+    s = base.score(csqa_prompts(3))
+    assert s.members == ["base"] and s.member_probs.shape == (3, 1, 5)
+    model = _core.Model(tiny_dir / "tiny-q8_0.gguf")
+    tok = _core.Tokenizer.from_gguf(tiny_dir / "tiny-q8_0.gguf")
+    ids = [tok.encode(" " + x, add_special_tokens=False)[0] for x in "ABCDE"]
+    logits = model.logits([tok.encode(p) for p in csqa_prompts(3)], token_ids=ids)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(s.probs, e / e.sum(-1, keepdims=True), atol=1e-6)
