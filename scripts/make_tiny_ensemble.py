@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from peft_adapters import write_adapter  # noqa: E402
+from peft_adapters import write_adapter
 
 BASE = "tiny-q8_0.gguf"
 MEMBERS = [

@@ -143,7 +143,7 @@ def test_generate(ens: lora_ens_rs.Ensemble) -> None:
 
 
 def test_errors(ens: lora_ens_rs.Ensemble, tiny_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(lora_ens_rs.MissingFileError, match="nope.gguf"):
+    with pytest.raises(lora_ens_rs.MissingFileError, match=r"nope\.gguf"):
         lora_ens_rs.Ensemble(tmp_path / "nope.gguf")
     with pytest.raises(lora_ens_rs.MissingFileError):
         lora_ens_rs.Ensemble(tiny_dir / "tiny-q8_0.gguf", tmp_path / "no-such-adapter")

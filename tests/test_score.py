@@ -175,7 +175,7 @@ def test_no_adapters_scores_the_base_model(tiny_dir: Path) -> None:
     path = str(tiny_dir / "tiny-q8_0.gguf")
     ens = lora_ens_rs.Ensemble(path)
     assert ens.n_members == 0
-    tok, reference = load_reference(path)
+    _, reference = load_reference(path)
     prompts = [p + "\n" for p in csqa_prompts(6)]
     s = ens.score(prompts, ["A", "B", "C"])
     assert s.members == ["base"] and s.member_probs.shape == (6, 1, 3)

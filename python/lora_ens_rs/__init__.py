@@ -21,7 +21,6 @@ from lora_ens_rs._core import (
     read_questions,
 )
 from lora_ens_rs.ensemble import Ensemble
-from lora_ens_rs.results import Generation, Scores
 from lora_ens_rs.errors import (
     AdapterError,
     DataError,
@@ -36,6 +35,7 @@ from lora_ens_rs.errors import (
     ModelLoadError,
     TokenizerError,
 )
+from lora_ens_rs.results import Generation, Scores
 
 __version__: str = _core.__version__
 

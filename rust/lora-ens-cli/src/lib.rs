@@ -1,17 +1,20 @@
 //! The `lora-ens-rs` command line, as a library: the Rust binary (`main.rs`) and the Python
 //! console script (through `lora_ens_rs._core.cli_main`) both call [`run`], so they accept
-//! the same arguments and print the same output.
+//! the same arguments and print the same output. Subcommands: `fetch-model`, `infer`
+//! ([`infer`]) and `generate` ([`generate`]).
+//! Test: `cargo test -p lora-ens-cli` and `pytest tests/test_cli.py tests/test_cli_infer.py`.
+
+pub mod generate;
+pub mod infer;
+pub mod output;
+pub mod progress;
+pub mod records;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use std::path::Path;
-
-use clap::{Parser, Subcommand};
-use lora_ens::chat::Message;
-use lora_ens::gguf::GgufFile;
-use lora_ens::model::Llama;
-use lora_ens::tokenizer::Tokenizer;
+use clap::{Args, Parser, Subcommand};
+use lora_ens::ensemble::Ensemble;
 
 /// Subcommands implemented in Python (they need torch); the Rust binary points there.
 pub const PYTHON_SUBCOMMANDS: &[&str] = &[];
@@ -32,23 +35,47 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Continue a prompt with the base model (greedy decoding) and print the text.
-    Generate {
-        /// The prompt text (with --chat: the user's message).
-        prompt: String,
-        /// GGUF model file (default: the default model, fetched on first use).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Wrap the prompt in the model's chat template as a user message.
-        #[arg(long)]
-        chat: bool,
-        /// The most tokens to generate.
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
-        /// `cpu` or `cuda:N` (CUDA builds only).
-        #[arg(long, default_value = "cpu")]
-        device: String,
-    },
+    /// Answer multiple-choice questions with the ensemble: one JSON line per question with
+    /// the ensemble's probabilities, prediction and uncertainty.
+    Infer(infer::InferArgs),
+    /// Continue a prompt with the ensemble (members' next-token distributions averaged) and
+    /// print the text.
+    Generate(generate::GenerateArgs),
+}
+
+/// The base model and its members, shared by `infer` and `generate`.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// GGUF model file (default: the default model, fetched on first use).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// An ensemble directory (with `ensemble.json`) or one PEFT adapter directory; repeat
+    /// the flag for several (`--adapters ens --adapters extra-member`). None: the base model
+    /// alone.
+    #[arg(long, value_name = "DIR")]
+    pub adapters: Vec<PathBuf>,
+    /// `cpu` or `cuda:N` (CUDA builds only).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Threads for the model's kernels (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+}
+
+impl ModelArgs {
+    /// Load the model and members; `progress` reports a download of the default model.
+    pub fn load(&self, ctx: &Context, progress: &dyn Fn(&str)) -> lora_ens::Result<Ensemble> {
+        // The device is checked before the default model is fetched or anything is read.
+        let device = lora_ens::device::parse_device(&self.device)?;
+        let ens = match &self.model {
+            Some(model) => Ensemble::load(model, &self.adapters, &device)?,
+            None => Ensemble::load_default(&self.adapters, &device, ctx.python.as_deref(), progress)?,
+        };
+        match self.threads {
+            Some(n) => ens.with_threads(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => Ok(ens),
+        }
+    }
 }
 
 /// What the embedding program knows that the command line does not.
@@ -59,8 +86,9 @@ pub struct Context {
     pub python: Option<String>,
 }
 
-/// Parse `argv` (program name first) and run the command. Returns the process exit code;
-/// errors are printed to stderr as one line.
+/// Parse `argv` (program name first) and run the command. Returns the process exit code:
+/// 0 on success, 1 on an error (printed to stderr as one line `error: <message>`), 2 on a
+/// usage error (printed by the argument parser).
 pub fn run<I, T>(argv: I, ctx: &Context) -> i32
 where
     I: IntoIterator<Item = T>,
@@ -77,13 +105,14 @@ where
     match execute(cli, ctx) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", one_line(&e.to_string()));
             1
         }
     }
 }
 
-fn execute(cli: Cli, ctx: &Context) -> lora_ens::Result<()> {
+/// Run a parsed command line; the error is what [`run`] prints.
+pub fn execute(cli: Cli, ctx: &Context) -> lora_ens::Result<()> {
     let progress = |msg: &str| eprintln!("{msg}");
     match cli.command {
         Command::FetchModel { force } => {
@@ -93,58 +122,58 @@ fn execute(cli: Cli, ctx: &Context) -> lora_ens::Result<()> {
                 lora_ens::default_model::default_model_path(ctx.python.as_deref(), &progress)?
             };
             println!("{}", path.display());
+            Ok(())
         }
-        Command::Generate {
-            prompt,
-            model,
-            chat,
-            max_new_tokens,
-            device,
-        } => {
-            let model = match model {
-                Some(m) => m,
-                None => {
-                    lora_ens::default_model::default_model_path(ctx.python.as_deref(), &progress)?
-                }
-            };
-            let text = generate(&model, &prompt, chat, max_new_tokens, &device)?;
-            println!("{text}");
-        }
+        Command::Infer(args) => infer::run(&args, ctx),
+        Command::Generate(args) => generate::run(&args, ctx),
     }
-    Ok(())
 }
 
-fn generate(
-    model: &Path,
-    prompt: &str,
-    chat: bool,
-    max_new_tokens: usize,
-    device: &str,
-) -> lora_ens::Result<String> {
-    let device = lora_ens::device::parse_device(device)?;
-    let mut gguf = GgufFile::open(model)?;
-    let tok = Tokenizer::from_gguf(&gguf)?;
-    let llama = Llama::load(&mut gguf, &device)?;
-    let text = if chat {
-        let template = tok.chat_template().ok_or_else(|| {
-            lora_ens::Error::Input(format!(
-                "{}: the model has no chat template (drop --chat)",
-                model.display()
-            ))
-        })?;
-        lora_ens::chat::render(template, &[Message::new("user", prompt)], true, "", "")?
-    } else {
-        prompt.to_owned()
-    };
-    let ids = tok.encode(&text, true)?;
-    let stops: Vec<u32> = tok
-        .eos_id()
-        .into_iter()
-        .chain(tok.token_to_id("<|im_end|>"))
-        .collect();
-    let mut out = llama.generate_greedy(&ids, max_new_tokens, &stops)?;
-    if out.last().is_some_and(|id| stops.contains(id)) {
-        out.pop();
+/// An error message on one line: line breaks (e.g. from a wrapped library message) become
+/// spaces.
+fn one_line(msg: &str) -> String {
+    msg.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_folded_onto_one_line() {
+        assert_eq!(one_line("a\n  b\r\nc"), "a b c");
+        assert_eq!(one_line("plain"), "plain");
     }
-    tok.decode(&out, true)
+
+    #[test]
+    fn adapters_take_one_directory_per_flag() {
+        let cli = Cli::try_parse_from([
+            "lora-ens-rs",
+            "infer",
+            "--adapters",
+            "ens",
+            "--adapters",
+            "m3",
+            "data.jsonl",
+        ])
+        .unwrap();
+        let Command::Infer(args) = cli.command else {
+            panic!("expected infer");
+        };
+        assert_eq!(args.model.adapters, [PathBuf::from("ens"), "m3".into()]);
+        assert_eq!(args.input.as_deref(), Some(std::path::Path::new("data.jsonl")));
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2() {
+        let ctx = Context::default();
+        assert_eq!(run(["lora-ens-rs", "infer", "--scoring", "x"], &ctx), 2);
+        assert_eq!(run(["lora-ens-rs", "infer", "--batch-size", "0"], &ctx), 2);
+        assert_eq!(run(["lora-ens-rs", "infer", "--format", "xml"], &ctx), 2);
+        assert_eq!(run(["lora-ens-rs", "generate"], &ctx), 2);
+    }
 }

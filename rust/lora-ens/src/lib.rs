@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod linear;
 pub mod lora;
+pub mod metrics;
 pub mod model;
 pub mod multi_lora;
 pub mod prompt;
