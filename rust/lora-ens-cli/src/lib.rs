@@ -13,6 +13,7 @@ pub mod records;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use lora_ens::ensemble::Ensemble;
 
@@ -63,13 +64,24 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Load the model and members; `progress` reports a download of the default model.
-    pub fn load(&self, ctx: &Context, progress: &dyn Fn(&str)) -> lora_ens::Result<Ensemble> {
-        // The device is checked before the default model is fetched or anything is read.
-        let device = lora_ens::device::parse_device(&self.device)?;
+    /// The device named by `--device`.
+    pub fn device(&self) -> lora_ens::Result<Device> {
+        lora_ens::device::parse_device(&self.device)
+    }
+
+    /// Load the model and members onto `device`; `progress` reports a download of the
+    /// default model.
+    pub fn load(
+        &self,
+        device: &Device,
+        ctx: &Context,
+        progress: &dyn Fn(&str),
+    ) -> lora_ens::Result<Ensemble> {
         let ens = match &self.model {
-            Some(model) => Ensemble::load(model, &self.adapters, &device)?,
-            None => Ensemble::load_default(&self.adapters, &device, ctx.python.as_deref(), progress)?,
+            Some(model) => Ensemble::load(model, &self.adapters, device)?,
+            None => {
+                Ensemble::load_default(&self.adapters, device, ctx.python.as_deref(), progress)?
+            }
         };
         match self.threads {
             Some(n) => ens.with_threads(usize::try_from(n).unwrap_or(usize::MAX)),
@@ -165,15 +177,22 @@ mod tests {
             panic!("expected infer");
         };
         assert_eq!(args.model.adapters, [PathBuf::from("ens"), "m3".into()]);
-        assert_eq!(args.input.as_deref(), Some(std::path::Path::new("data.jsonl")));
+        assert_eq!(
+            args.input.as_deref(),
+            Some(std::path::Path::new("data.jsonl"))
+        );
     }
 
     #[test]
     fn usage_errors_exit_with_2() {
-        let ctx = Context::default();
-        assert_eq!(run(["lora-ens-rs", "infer", "--scoring", "x"], &ctx), 2);
-        assert_eq!(run(["lora-ens-rs", "infer", "--batch-size", "0"], &ctx), 2);
-        assert_eq!(run(["lora-ens-rs", "infer", "--format", "xml"], &ctx), 2);
-        assert_eq!(run(["lora-ens-rs", "generate"], &ctx), 2);
+        let code = |args: &[&str]| {
+            let argv = std::iter::once(&"lora-ens-rs").chain(args);
+            Cli::try_parse_from(argv).unwrap_err().exit_code()
+        };
+        assert_eq!(code(&["infer", "--scoring", "x"]), 2);
+        assert_eq!(code(&["infer", "--batch-size", "0"]), 2);
+        assert_eq!(code(&["infer", "--limit", "0"]), 2);
+        assert_eq!(code(&["infer", "--format", "xml"]), 2);
+        assert_eq!(code(&["generate"]), 2);
     }
 }
