@@ -140,7 +140,11 @@ impl Ensemble {
     /// The members' adapter directories, in order.
     #[getter]
     fn member_paths(&self) -> Vec<PathBuf> {
-        self.inner.members().iter().map(|m| m.path.clone()).collect()
+        self.inner
+            .members()
+            .iter()
+            .map(|m| m.path.clone())
+            .collect()
     }
 
     /// The GGUF file of the base model.

@@ -18,7 +18,10 @@ pub(crate) fn generation_dict<'py>(
     d.set_item("finish_reason", g.finish_reason.as_str())?;
     d.set_item("probs", PyArray1::from_vec(py, g.probs))?;
     d.set_item("entropy", PyArray1::from_vec(py, g.entropy))?;
-    d.set_item("expected_entropy", PyArray1::from_vec(py, g.expected_entropy))?;
+    d.set_item(
+        "expected_entropy",
+        PyArray1::from_vec(py, g.expected_entropy),
+    )?;
     d.set_item(
         "mutual_information",
         PyArray1::from_vec(py, g.mutual_information),
