@@ -131,3 +131,49 @@ def test_a_malformed_line_is_one_error_and_writes_nothing(tiny_dir: Path, tmp_pa
     assert out.stderr.startswith(f"error: {questions}:2: ")
     assert not output.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+@pytest.mark.parametrize("scoring", ["labels", "choices"])
+def test_cli_and_python_api_give_identical_numbers(
+    tmp_path: Path, tiny_dir: Path, tiny_ensemble: Path, scoring: str
+) -> None:
+    """The same 50 CommonsenseQA dev questions through `infer` and through `Ensemble`."""
+    import numpy as np
+    from test_model_parity import DATA
+
+    import lora_ens_rs
+
+    data = DATA / "commonsenseqa" / "dev_rand_split.jsonl"
+    model = tiny_dir / "tiny-q8_0.gguf"
+    out = tmp_path / "out.jsonl"
+    args = [SCRIPT, "infer", str(data), "--model", str(model), "--adapters", str(tiny_ensemble)]
+    args += ["--limit", "50", "--scoring", scoring, "--members", "--output", str(out), "-q"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 50
+
+    questions = lora_ens_rs.read_questions(data, limit=50)
+    ens = lora_ens_rs.Ensemble(model, tiny_ensemble)
+    if scoring == "labels":
+        prompts = [
+            lora_ens_rs.label_prompt(q["question"], q["choices"], q["labels"]) for q in questions
+        ]
+        s = ens.score(prompts, [q["labels"] for q in questions])
+    else:
+        contexts = [lora_ens_rs.choice_context(q["question"]) for q in questions]
+        s = ens.score_choices(
+            contexts, [q["choices"] for q in questions], normalization="per_token"
+        )
+    got = {
+        key: np.array([r[key] for r in records], dtype=np.float32)
+        for key in ("probs", "confidence", "entropy", "expected_entropy", "mutual_information")
+    }
+    np.testing.assert_array_equal(got["probs"], s.probs)
+    for key in ("confidence", "entropy", "expected_entropy", "mutual_information"):
+        np.testing.assert_array_equal(got[key], getattr(s, key), err_msg=key)
+    member_probs = np.array([r["member_probs"] for r in records], dtype=np.float32)
+    np.testing.assert_array_equal(member_probs, s.member_probs)
+    want = [q["labels"][int(p)] for q, p in zip(questions, s.prediction, strict=True)]
+    assert [r["prediction"] for r in records] == want
+    assert [r["id"] for r in records] == [q["id"] for q in questions]

@@ -18,11 +18,17 @@ use clap::{Args, Parser, Subcommand};
 use lora_ens::ensemble::Ensemble;
 
 /// Subcommands implemented in Python (they need torch); the Rust binary points there.
-pub const PYTHON_SUBCOMMANDS: &[&str] = &[];
+pub const PYTHON_SUBCOMMANDS: &[&str] = &["train", "eval", "experiment"];
 
 /// Run LoRA ensembles of LLMs: calibrated predictions with uncertainty from one base model.
 #[derive(Debug, Parser)]
-#[command(name = "lora-ens-rs", version = lora_ens::VERSION)]
+#[command(
+    name = "lora-ens-rs",
+    version = lora_ens::VERSION,
+    after_help = "Training and evaluation (train, eval, experiment) need torch: they run in the \
+                  Python package's `lora-ens-rs` (pip install 'lora-ens-rs[train]'); \
+                  `lora-ens-rs train --help` there lists their options."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -106,6 +112,17 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    if let Some(sub) = argv.get(1).and_then(|a| a.to_str())
+        && PYTHON_SUBCOMMANDS.contains(&sub)
+    {
+        eprintln!(
+            "error: `{sub}` needs torch and runs in the Python package: install it with \
+             `pip install 'lora-ens-rs[train]'` and run its `lora-ens-rs {sub}` \
+             (or `python -m lora_ens_rs {sub}`)"
+        );
+        return 2;
+    }
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {
