@@ -64,8 +64,10 @@ test: setup fixtures lint test-rust test-py  ## Install everything, then run eve
 
 .PHONY: demo
 demo: setup  ## Install everything and run the main job on the default model
-	$(BIN)/lora-ens-rs --help
-	$(BIN)/lora-ens-rs generate --chat --max-new-tokens 48 "What is the capital of France?"
+	@echo "== lora-ens-rs infer: 12 CommonsenseQA dev questions, zero-shot base model, answer texts scored =="
+	$(BIN)/lora-ens-rs infer python/lora_ens_rs/datasets/commonsenseqa/dev.jsonl --limit 12
+	@echo "== lora-ens-rs generate --chat =="
+	$(BIN)/lora-ens-rs generate --chat --max-new-tokens 32 "What is the capital of France?"
 
 .PHONY: bench
 bench:  ## Side-by-side benchmarks against transformers / llama.cpp (see benches/README.md)
