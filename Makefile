@@ -71,7 +71,8 @@ demo: setup  ## Install everything and run the main job on the default model
 
 .PHONY: bench
 bench:  ## Side-by-side benchmarks against transformers / llama.cpp (see benches/README.md)
-	$(PY) benches/bench_scoring.py
+	OMP_WAIT_POLICY=passive $(PY) benches/bench_scoring.py
+	OMP_WAIT_POLICY=passive $(PY) benches/bench_ensemble.py
 
 .PHONY: clean
 clean:  ## Remove build outputs, the virtual environment and generated fixtures
