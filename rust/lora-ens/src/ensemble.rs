@@ -199,6 +199,20 @@ impl Ensemble {
     /// Generate a continuation of `prompt` with the members' averaged next-token
     /// distribution. With `chat`, the prompt is a user message rendered with the model's
     /// chat template.
+    ///
+    /// ```
+    /// use lora_ens::ensemble::Ensemble;
+    /// use lora_ens::generate::GenerateOptions;
+    /// # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    /// let ens = Ensemble::load(dir.join("tiny-q8_0.gguf"), &[dir.join("ensemble")], &candle_core::Device::Cpu)?;
+    /// let opts = GenerateOptions { max_new_tokens: 8, temperature: 0.7, seed: 1, ..Default::default() };
+    /// let g = ens.generate("Once upon a time", false, &opts)?;
+    /// assert!(g.tokens.len() <= 8);
+    /// // One entry per generated token: the mixture's entropy and the members' disagreement.
+    /// assert_eq!(g.entropy.len(), g.tokens.len());
+    /// assert!(g.mutual_information.iter().all(|&mi| mi >= 0.0));
+    /// # Ok::<(), lora_ens::Error>(())
+    /// ```
     pub fn generate(&self, prompt: &str, chat: bool, opts: &GenerateOptions) -> Result<Generation> {
         let text = if chat {
             let template = self.tokenizer.chat_template().ok_or_else(|| {
