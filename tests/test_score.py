@@ -46,11 +46,12 @@ def arc_easy(n: int) -> tuple[list[str], list[list[str]]]:
 
 
 def peft_choice_scores(
-    peft_model, tok, contexts: list[str], choices: list[list[str]], norm: str
-) -> np.ndarray:
-    """(N, M, K) normalized choice log-likelihoods (-inf padding) from full-sequence passes."""
+    peft_model, tok, contexts: list[str], choices: list[list[str]]
+) -> dict[str, np.ndarray]:
+    """Per normalisation, (N, M, K) choice log-likelihoods (-inf padding) from full-sequence
+    passes (context + choice, no cache) with each PEFT member active in turn."""
     n, k = len(contexts), max(map(len, choices))
-    out = np.full((n, 3, k), -np.inf)
+    out = {norm: np.full((n, 3, k), -np.inf) for norm in NORMALIZATIONS}
     seqs, where = [], []
     for i, (context, options) in enumerate(zip(contexts, choices, strict=True)):
         ctx = tok.encode(context)
@@ -75,11 +76,9 @@ def peft_choice_scores(
                 i, j, n_ctx, n_cont, n_bytes = where[start + r]
                 pos = torch.arange(n_ctx - 1, n_ctx - 1 + n_cont)
                 total = logp[r, pos, torch.tensor(s[n_ctx:])].double().sum().item()
-                out[i, m, j] = {
-                    "sum": total,
-                    "per_token": total / n_cont,
-                    "per_byte": total / n_bytes,
-                }[norm]
+                out["sum"][i, m, j] = total
+                out["per_token"][i, m, j] = total / n_cont
+                out["per_byte"][i, m, j] = total / n_bytes
     return out
 
 
@@ -89,9 +88,10 @@ def masked_softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def check_choices(ens, peft_model, tok, contexts, choices, atol: float) -> None:
+    reference = peft_choice_scores(peft_model, tok, contexts, choices)
     for norm in NORMALIZATIONS:
         s = ens.score_choices(contexts, choices, normalization=norm, batch_size=7)
-        want = masked_softmax(peft_choice_scores(peft_model, tok, contexts, choices, norm))
+        want = masked_softmax(reference[norm])
         diff = np.abs(s.member_probs - want)
         print(f"choices/{norm}: member probs vs PEFT max {diff.max():.2e} mean {diff.mean():.2e}")
         assert diff.max() < atol, norm
