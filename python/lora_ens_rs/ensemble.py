@@ -12,6 +12,7 @@ Rust with the GIL released; results come back as NumPy arrays in :class:`Scores`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_ens_rs import _core
+from lora_ens_rs.errors import InputError
 from lora_ens_rs.results import Generation, Scores
 
 PathLike = str | os.PathLike[str]
@@ -238,6 +240,54 @@ class Ensemble:
             progress=_progress_callback(progress, "scoring"),
         )
         return Scores.from_arrays(raw, lists, len(contexts), self.members or ["base"])
+
+    def score_questions(
+        self,
+        questions: Sequence[dict[str, Any]],
+        scoring: str | None = None,
+        *,
+        normalization: str | None = None,
+        batch_size: int = 16,
+        progress: Progress = False,
+    ) -> Scores:
+        """Score dataset records (:func:`lora_ens_rs.read_questions`) with the shared template.
+
+        Args:
+            questions: dicts with ``question``, ``choices`` and ``labels``.
+            scoring: ``"labels"`` (:func:`lora_ens_rs.label_prompt`, next-token label) or
+                ``"choices"`` (answer texts after :func:`lora_ens_rs.choice_context`); default:
+                the manifest's ``scoring.mode``, else ``"choices"``.
+            normalization: for choices; default the manifest's, else ``"per_token"``.
+            batch_size: questions per forward pass.
+            progress: ``True`` for a progress bar on stderr, or a ``callback(done, total)``.
+
+        Returns:
+            :class:`Scores` whose ``options`` are each question's labels.
+        """
+        mode, norm = self.scoring_defaults()
+        mode = scoring or mode
+        norm = normalization or norm
+        labels = [list(q["labels"]) for q in questions]
+        if mode == "labels":
+            prompts = [
+                _core.label_prompt(q["question"], q["choices"], q["labels"]) for q in questions
+            ]
+            return self.score(prompts, labels, batch_size=batch_size, progress=progress)
+        if mode != "choices":
+            raise InputError(f"scoring must be 'labels' or 'choices', got {mode!r}")
+        s = self.score_choices(
+            [_core.choice_context(q["question"]) for q in questions],
+            [list(q["choices"]) for q in questions],
+            normalization=norm,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        return dataclasses.replace(s, options=labels)
+
+    def scoring_defaults(self) -> tuple[str, str]:
+        """(mode, normalization) from the manifest's ``scoring``, else ("choices", "per_token")."""
+        scoring = (self.manifest or {}).get("scoring") or {}
+        return scoring.get("mode", "choices"), scoring.get("normalization", "per_token")
 
     def generate(
         self,

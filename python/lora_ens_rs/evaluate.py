@@ -1,0 +1,245 @@
+"""Evaluate an ensemble on a labelled dataset: each member, the ensemble and the zero-shot base
+on the same questions (accuracy, NLL, Brier, ECE), member disagreement, and out-of-distribution
+detection (AUROC / AUPR by max probability, entropy and mutual information); optionally a
+report directory with ``metrics.json``, ``report.md`` and plots.
+
+    lora-ens-rs eval --adapters runs/csqa --data dev.jsonl --ood mmlu.csv --report reports/csqa
+    lora_ens_rs.evaluate.evaluate(ens, questions, ood_questions=..., report_dir=...)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lora_ens_rs import metrics
+from lora_ens_rs.ensemble import Ensemble, Progress
+from lora_ens_rs.errors import InputError
+from lora_ens_rs.results import Scores, write_atomic
+
+#: OOD scores, each higher for "more out of distribution".
+OOD_SCORES = ("max_probability", "entropy", "mutual_information")
+
+
+def answers_of(questions: Sequence[dict[str, Any]], what: str) -> np.ndarray:
+    """The answer indices; every question must have one."""
+    missing = [q["id"] for q in questions if q.get("answer") is None]
+    if missing:
+        raise InputError(
+            f"{what}: {len(missing)} questions have no answer (first: {missing[0]!r}); "
+            "evaluation needs labelled data"
+        )
+    return np.array([q["answer"] for q in questions], dtype=np.int64)
+
+
+def single_scores(probs: np.ndarray) -> dict[str, np.ndarray]:
+    """OOD scores of one predictive distribution (N, K) (mutual information is 0)."""
+    p = np.clip(probs.astype(np.float64), 0.0, 1.0)
+    logs = np.log(np.where(p > 0, p, 1.0))
+    return {
+        "max_probability": 1.0 - p.max(1),
+        "entropy": -(p * logs).sum(1),
+        "mutual_information": np.zeros(len(p)),
+    }
+
+
+def ensemble_scores(s: Scores) -> dict[str, np.ndarray]:
+    return {
+        "max_probability": 1.0 - s.confidence.astype(np.float64),
+        "entropy": s.entropy.astype(np.float64),
+        "mutual_information": s.mutual_information.astype(np.float64),
+    }
+
+
+def ood_metrics(
+    in_scores: dict[str, np.ndarray], out_scores: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in OOD_SCORES:
+        if np.all(in_scores[name] == 0) and np.all(out_scores[name] == 0):
+            continue  # mutual information of a single model: no signal, not reported
+        out[name] = {
+            "auroc": metrics.ood_auroc(in_scores[name], out_scores[name]),
+            "aupr": metrics.ood_aupr(in_scores[name], out_scores[name]),
+        }
+    return out
+
+
+def evaluate(
+    ensemble: Ensemble,
+    questions: Sequence[dict[str, Any]],
+    *,
+    ood_questions: Sequence[dict[str, Any]] | None = None,
+    base: Ensemble | None = None,
+    mc_dropout: np.ndarray | None = None,
+    scoring: str | None = None,
+    normalization: str | None = None,
+    n_bins: int = 15,
+    batch_size: int = 16,
+    progress: Progress = False,
+    report_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of each member, the ensemble and (optionally) the base model on ``questions``.
+
+    Args:
+        ensemble: the ensemble to evaluate (M >= 1 members).
+        questions: labelled records (:func:`lora_ens_rs.read_questions`).
+        ood_questions: records of another distribution, for OOD detection (answers unused).
+        base: the zero-shot base model (an :class:`Ensemble` without adapters), scored alike.
+        mc_dropout: (N, T, K) probabilities of T MC-dropout samples on ``questions``, to
+            report as another ensemble (see ``lora_ens_rs.train``).
+        scoring, normalization: as :meth:`Ensemble.score_questions`.
+        n_bins: ECE bins.
+        batch_size: questions per forward pass.
+        progress: ``True`` for progress bars on stderr.
+        report_dir: write ``metrics.json``, ``report.md`` and PNG plots there.
+
+    Returns:
+        A dict (also ``metrics.json``): ``ensemble``, ``members`` (list), ``member_mean``,
+        ``base``, ``mc_dropout`` metric dicts, ``disagreement``, ``ood``, and the settings.
+
+    Raises:
+        InputError: no questions, a question without an answer, or an empty ensemble.
+    """
+    if not questions:
+        raise InputError("no questions to evaluate")
+    if ensemble.n_members == 0:
+        raise InputError("the ensemble has no members: pass adapters (the base is `base=`)")
+    answers = answers_of(questions, "data")
+    mode, norm = ensemble.scoring_defaults()
+    mode, norm = scoring or mode, normalization or norm
+    t0 = time.perf_counter()
+    s = ensemble.score_questions(
+        questions, mode, normalization=norm, batch_size=batch_size, progress=progress
+    )
+    members = [
+        metrics.summary(s.member_probs[:, m], answers, n_bins)
+        for m in range(s.member_probs.shape[1])
+    ]
+    result: dict[str, Any] = {
+        "n_questions": len(questions),
+        "scoring": {"mode": mode, "normalization": norm if mode == "choices" else None},
+        "n_bins": n_bins,
+        "members_names": s.members,
+        "ensemble": metrics.summary(s.probs, answers, n_bins),
+        "members": members,
+        "member_mean": {k: float(np.mean([m[k] for m in members])) for k in members[0]},
+        "disagreement": {
+            "mean_agreement": float(s.agreement.mean()),
+            "mean_mutual_information": float(s.mutual_information.mean()),
+            "mean_entropy": float(s.entropy.mean()),
+            "mean_expected_entropy": float(s.expected_entropy.mean()),
+        },
+    }
+    curves: dict[str, np.ndarray] = {"ensemble": s.probs, "one member": s.member_probs[:, 0]}
+    base_scores = None
+    if base is not None:
+        base_scores = base.score_questions(
+            questions, mode, normalization=norm, batch_size=batch_size, progress=progress
+        )
+        result["base"] = metrics.summary(base_scores.probs, answers, n_bins)
+        curves = {"zero-shot base": base_scores.probs, **curves}
+    if mc_dropout is not None:
+        mc = np.asarray(mc_dropout, dtype=np.float64)
+        if mc.ndim != 3 or mc.shape[0] != len(questions):
+            raise InputError(f"mc_dropout must be (N, T, K) with N = {len(questions)}")
+        result["mc_dropout"] = metrics.summary(mc.mean(1), answers, n_bins)
+        curves["MC dropout"] = mc.mean(1)
+    if ood_questions:
+        o = ensemble.score_questions(
+            ood_questions, mode, normalization=norm, batch_size=batch_size, progress=progress
+        )
+        result["ood"] = {
+            "n_questions": len(ood_questions),
+            "ensemble": ood_metrics(ensemble_scores(s), ensemble_scores(o)),
+            "one_member": ood_metrics(
+                single_scores(s.member_probs[:, 0]), single_scores(o.member_probs[:, 0])
+            ),
+        }
+        if base is not None and base_scores is not None:
+            ob = base.score_questions(
+                ood_questions, mode, normalization=norm, batch_size=batch_size, progress=progress
+            )
+            result["ood"]["base"] = ood_metrics(
+                single_scores(base_scores.probs), single_scores(ob.probs)
+            )
+    result["seconds"] = time.perf_counter() - t0
+    if report_dir is not None:
+        write_report(Path(report_dir), result, curves, answers, n_bins)
+    return result
+
+
+def write_report(
+    out: Path,
+    result: dict[str, Any],
+    curves: dict[str, np.ndarray],
+    answers: np.ndarray,
+    n_bins: int,
+) -> None:
+    """``metrics.json``, ``report.md`` and the plots into ``out`` (each file atomically)."""
+    from lora_ens_rs import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    images = {
+        "reliability.png": plots.reliability_diagram(curves, answers, n_bins),
+        "confidence_when_wrong.png": plots.confidence_when_wrong(curves, answers),
+    }
+    for name, fig in images.items():
+        plots.save(fig, out / name)
+    write_atomic(out / "report.md", markdown(result, list(images)))
+
+
+def _row(name: str, m: dict[str, float]) -> str:
+    return f"| {name} | {m['accuracy']:.3f} | {m['nll']:.3f} | {m['ece']:.3f} | {m['brier']:.3f} |"
+
+
+def markdown(result: dict[str, Any], images: list[str]) -> str:
+    """The report's Markdown: metric tables, OOD table, plots."""
+    mode = result["scoring"]["mode"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"{result['n_questions']} questions, scoring: {mode}"
+        + (f" ({result['scoring']['normalization']})" if mode == "choices" else "")
+        + f", ECE with {result['n_bins']} bins.",
+        "",
+        "| model | accuracy | NLL | ECE | Brier |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    if "base" in result:
+        lines.append(_row("zero-shot base", result["base"]))
+    for name, m in zip(result["members_names"], result["members"], strict=True):
+        lines.append(_row(f"member {name}", m))
+    lines.append(_row("mean of members", result["member_mean"]))
+    if "mc_dropout" in result:
+        lines.append(_row("MC dropout", result["mc_dropout"]))
+    lines.append(_row(f"**ensemble (M={len(result['members'])})**", result["ensemble"]))
+    d = result["disagreement"]
+    lines += [
+        "",
+        f"Members agree with the ensemble's prediction on {d['mean_agreement']:.1%} of votes; "
+        f"mean mutual information {d['mean_mutual_information']:.4f} nats "
+        f"(total entropy {d['mean_entropy']:.3f} = expected {d['mean_expected_entropy']:.3f} "
+        "+ mutual information).",
+    ]
+    if "ood" in result:
+        lines += [
+            "",
+            f"## Out-of-distribution detection ({result['ood']['n_questions']} OOD questions)",
+            "",
+            "| model | score | AUROC | AUPR |",
+            "|---|---|---:|---:|",
+        ]
+        for who in ("base", "one_member", "ensemble"):
+            for score, m in result["ood"].get(who, {}).items():
+                lines.append(
+                    f"| {who.replace('_', ' ')} | {score} | {m['auroc']:.3f} | {m['aupr']:.3f} |"
+                )
+    lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in images]
+    return "\n".join(lines) + "\n"
