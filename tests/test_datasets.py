@@ -1,0 +1,77 @@
+"""lora_ens_rs.data: dataset names, MMLU subject groups, deterministic splits, the bundled
+CommonsenseQA subset."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from test_model_parity import DATA
+
+import lora_ens_rs
+from lora_ens_rs import data
+
+
+@pytest.fixture(autouse=True)
+def data_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORA_ENS_RS_DATA", str(DATA))
+
+
+def test_named_splits_read_the_right_files() -> None:
+    assert len(data.load("csqa", "dev")) == 1221
+    assert len(data.load("obqa", "test")) == 500
+    arc = data.load("arc-challenge", "test", limit=7)
+    assert (
+        len(arc) == 7
+        and arc[0]["id"]
+        == json.loads((DATA / "arc/ARC-Challenge/ARC-Challenge-Test.jsonl").open().readline())["id"]
+    )
+    assert data.load(DATA / "openbookqa/Main/dev.jsonl") == data.load("obqa", "dev")
+
+
+def test_mmlu_groups_cover_every_subject_once() -> None:
+    subjects = {p.name.removesuffix("_test.csv") for p in (DATA / "mmlu/test").glob("*.csv")}
+    assert set(data.MMLU_GROUPS) == subjects
+    groups = {g: data.mmlu_subjects(g) for g in ("stem", "humanities", "social_sciences", "other")}
+    assert sorted(s for g in groups.values() for s in g) == sorted(subjects)
+    stem = data.load("mmlu:stem", "test")
+    assert {q["subject"] for q in stem} == set(groups["stem"])
+    assert len(data.load("mmlu:anatomy", "test")) == 135
+
+
+def test_split_is_deterministic_and_order_free() -> None:
+    qs = data.load("csqa", "train", limit=2000)
+    rest, held = data.split(qs, 0.1, seed=3)
+    assert len(rest) + len(held) == 2000 and 150 < len(held) < 250
+    shuffled = qs[:]
+    random.Random(0).shuffle(shuffled)
+    _, held2 = data.split(shuffled, 0.1, seed=3)
+    assert {q["id"] for q in held2} == {q["id"] for q in held}
+    _, other = data.split(qs, 0.1, seed=4)
+    assert {q["id"] for q in other} != {q["id"] for q in held}
+
+
+def test_bundled_subset_matches_the_source_and_has_its_licence() -> None:
+    bundled = data.load("csqa-mini", "dev")
+    assert bundled == data.load("csqa", "dev", limit=300)
+    assert len(data.load("csqa-mini", "train")) == 1000
+    folder = Path(lora_ens_rs.datasets.path("commonsenseqa", "dev")).parent
+    assert "MIT License" in (folder / "LICENSE").read_text()
+    assert "first 300" in (folder / "SOURCE.md").read_text()
+
+
+def test_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(lora_ens_rs.InputError, match="unknown dataset"):
+        data.load("squad")
+    with pytest.raises(lora_ens_rs.InputError, match="no split 'val'"):
+        data.load("csqa", "val")
+    with pytest.raises(lora_ens_rs.InputError, match="unknown MMLU subject or group"):
+        data.load("mmlu:cooking")
+    with pytest.raises(lora_ens_rs.InputError, match="fraction"):
+        data.split([], 1.5)
+    monkeypatch.setenv("LORA_ENS_RS_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(lora_ens_rs.InputError, match="LORA_ENS_RS_DATA"):
+        data.load("csqa", "dev")
+    assert len(data.load("csqa-mini", "dev", limit=5)) == 5  # bundled: no data directory needed
