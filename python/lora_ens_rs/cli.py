@@ -2,8 +2,8 @@
 
 Subcommands that run the engine (``fetch-model``, ...) are parsed and run by the same Rust
 code as the ``lora-ens-rs`` binary built from ``rust/lora-ens-cli``.
-Run ``lora-ens-rs --help`` for the list. ``lora-ens-rs train`` and ``eval`` run in Python (they need
-torch / matplotlib): see ``lora-ens-rs train --help`` and :mod:`lora_ens_rs.train.cli`.
+Run ``lora-ens-rs --help`` for the list. ``lora-ens-rs train``, ``eval`` and ``experiment``
+run in Python (they need torch / matplotlib): see ``lora-ens-rs train --help``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from lora_ens_rs.eval_cli import main as eval_main
 
         return eval_main(list(args[1:]))
+    if args and args[0] == "experiment":
+        from lora_ens_rs.experiment import main as experiment_main
+
+        return experiment_main(list(args[1:]))
     return _core.cli_main(["lora-ens-rs", *args], python=sys.executable)
 
 

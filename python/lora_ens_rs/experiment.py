@@ -1,0 +1,386 @@
+"""The paper's experiment grid: for each in-domain task and scoring mode, the zero-shot base,
+one LoRA (each member alone), the M-member LoRA ensemble and MC dropout, for each regulariser
+setting (none, weight decay, KL to the base, early stopping); OOD detection on other datasets.
+
+    lora-ens-rs experiment --preset small --out reports/small      # ~1 h on 2 CPU cores
+    lora_ens_rs.experiment.run(PRESETS["small"], out="reports/small")
+
+Training is :func:`lora_ens_rs.train.train_ensemble` (torch); every evaluation runs in the Rust
+engine on the exported adapters. Writes ``results.json``, ``results.md`` and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lora_ens_rs import data, metrics
+from lora_ens_rs.ensemble import Ensemble
+from lora_ens_rs.errors import InputError
+from lora_ens_rs.evaluate import ensemble_scores, ood_metrics, single_scores
+from lora_ens_rs.results import write_atomic
+
+#: Test split of each dataset family (CommonsenseQA's test set has no answers: dev it is).
+TEST_SPLIT = {"csqa": "dev", "csqa-mini": "dev", "mmlu": "test"}
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment grid. ``settings`` are TrainConfig overrides, each with a ``name``."""
+
+    tasks: list[str] = field(default_factory=lambda: ["csqa", "obqa", "arc-easy", "arc-challenge"])
+    scorings: list[str] = field(default_factory=lambda: ["labels", "choices"])
+    settings: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"name": "none"},
+            {"name": "wd=1e2", "weight_decay": 1e2},
+            {"name": "wd=1e3", "weight_decay": 1e3},
+            {"name": "kl=0.1", "kl": 0.1},
+            {"name": "kl=1", "kl": 1.0},
+            {"name": "early-stop", "early_stopping": 1},
+        ]
+    )
+    #: OOD test sets per in-domain task (dataset names, test splits).
+    ood: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "csqa": ["mmlu:stem", "mmlu:humanities", "mmlu:social_sciences", "mmlu:other", "obqa"],
+            "obqa": ["mmlu:stem", "mmlu:humanities", "mmlu:social_sciences", "mmlu:other", "csqa"],
+        }
+    )
+    model: str | None = None
+    members: int = 5
+    mc_dropout_samples: int = 5
+    mc_dropout_p: float = 0.1
+    train_limit: int | None = None
+    test_limit: int | None = None
+    ood_limit: int | None = None
+    epochs: int = 3
+    lr: float = 2e-4
+    batch_size: int = 4
+    rank: int = 8
+    alpha: float = 16.0
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+    )
+    layers: str = "all"
+    normalization: str = "per_token"
+    seed: int = 0
+    threads: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"unknown experiment settings {sorted(unknown)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Finishes on a 2-core CPU in under an hour: two tasks, choice scoring, top-layer adapters
+    # (trunk cached), a few hundred questions.
+    "small": {
+        "tasks": ["arc-easy", "csqa"],
+        "scorings": ["choices"],
+        "settings": [
+            {"name": "none"},
+            {"name": "wd=1e2", "weight_decay": 1e2},
+            {"name": "kl=1", "kl": 1.0},
+            {"name": "early-stop", "early_stopping": 1},
+        ],
+        "ood": {"csqa": ["mmlu:stem", "obqa"], "arc-easy": ["mmlu:stem", "obqa"]},
+        "members": 5,
+        "train_limit": 400,
+        "test_limit": 200,
+        "ood_limit": 200,
+        "epochs": 3,
+        "lr": 1e-3,
+        "batch_size": 8,
+        "layers": "top6",
+        "targets": ["q_proj", "v_proj", "up_proj", "down_proj"],
+    },
+    # The paper's grid (GPU-sized).
+    "full": {},
+    # A few questions and one epoch: checks that every table and plot is produced.
+    "smoke": {
+        "tasks": ["csqa"],
+        "scorings": ["labels", "choices"],
+        "settings": [{"name": "none"}, {"name": "wd=1e2", "weight_decay": 1e2}],
+        "ood": {"csqa": ["obqa"]},
+        "members": 2,
+        "mc_dropout_samples": 2,
+        "train_limit": 12,
+        "test_limit": 8,
+        "ood_limit": 8,
+        "epochs": 1,
+        "lr": 1e-3,
+        "layers": "top1",
+        "targets": ["q_proj", "v_proj"],
+    },
+}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _test_split(task: str) -> str:
+    family = task.partition(":")[0]
+    return TEST_SPLIT.get(task, TEST_SPLIT.get(family, "test"))
+
+
+def _train_split(task: str) -> str:
+    return "val" if task.partition(":")[0] == "mmlu" else "train"
+
+
+def _answers(qs: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([q["answer"] for q in qs], dtype=np.int64)
+
+
+def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Run the grid; returns the results (also ``out/results.json`` and ``out/results.md``).
+
+    Args:
+        config: an :class:`ExperimentConfig` or a dict of its fields.
+        out: directory for trained ensembles (``runs/``), results and plots.
+    """
+    from lora_ens_rs.train import TrainConfig, mc_dropout_probs, train_ensemble
+
+    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = cfg.model
+    if model is None:
+        from lora_ens_rs import default_model_path
+
+        model = default_model_path()
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    base_ens = Ensemble(model, threads=cfg.threads)
+    for task in cfg.tasks:
+        train_q = data.load(task, _train_split(task), limit=cfg.train_limit)
+        test_q = data.load(task, _test_split(task), limit=cfg.test_limit)
+        ood_sets = {
+            name: data.load(name, _test_split(name), limit=cfg.ood_limit)
+            for name in cfg.ood.get(task, [])
+        }
+        answers = _answers(test_q)
+        for scoring in cfg.scorings:
+            key = f"{task}/{scoring}"
+            _log(f"== {key}: {len(train_q)} training, {len(test_q)} test questions")
+            b = base_ens.score_questions(test_q, scoring, normalization=cfg.normalization)
+            b_ood = {n: base_ens.score_questions(q, scoring, normalization=cfg.normalization)
+                     for n, q in ood_sets.items()}  # fmt: skip
+            rows.append(
+                _row(task, scoring, "-", "zero-shot base", metrics.summary(b.probs, answers))
+                | _ood(
+                    single_scores(b.probs), {n: single_scores(s.probs) for n, s in b_ood.items()}
+                )
+            )
+            curves[key] = {"zero-shot base": b.probs}
+            common = {
+                "model": model,
+                "members": cfg.members,
+                "scoring": scoring,
+                "normalization": cfg.normalization,
+                "epochs": cfg.epochs,
+                "lr": cfg.lr,
+                "batch_size": cfg.batch_size,
+                "rank": cfg.rank,
+                "alpha": cfg.alpha,
+                "targets": cfg.targets,
+                "layers": cfg.layers,
+                "seed": cfg.seed,
+                "threads": cfg.threads,
+                "overwrite": True,
+            }
+            for setting in cfg.settings:
+                name = setting["name"]
+                overrides = {k: v for k, v in setting.items() if k != "name"}
+                run_dir = out / "runs" / f"{task.replace(':', '_')}-{scoring}-{name}"
+                _log(f"-- {key} [{name}]: training {cfg.members} members")
+                result = train_ensemble(
+                    TrainConfig(**{**common, **overrides, "out": str(run_dir)}), train=train_q
+                )
+                ens = Ensemble(model, run_dir, threads=cfg.threads)
+                s = ens.score_questions(test_q, scoring, normalization=cfg.normalization)
+                s_ood = {n: ens.score_questions(q, scoring, normalization=cfg.normalization)
+                         for n, q in ood_sets.items()}  # fmt: skip
+                members = [
+                    metrics.summary(s.member_probs[:, m], answers) for m in range(cfg.members)
+                ]
+                single = {k: float(np.mean([m[k] for m in members])) for k in members[0]}
+                spread = {f"{k}_sd": float(np.std([m[k] for m in members])) for k in members[0]}
+                rows.append(
+                    _row(task, scoring, name, "one LoRA (mean of members)", single | spread)
+                    | _ood(
+                        single_scores(s.member_probs[:, 0]),
+                        {n: single_scores(o.member_probs[:, 0]) for n, o in s_ood.items()},
+                    )
+                )
+                rows.append(
+                    _row(task, scoring, name, f"ensemble (M={cfg.members})",
+                         metrics.summary(s.probs, answers))
+                    | _ood(ensemble_scores(s), {n: ensemble_scores(o) for n, o in s_ood.items()})
+                )  # fmt: skip
+                curves[f"{key}/{name}"] = {
+                    "one LoRA": s.member_probs[:, 0],
+                    f"ensemble (M={cfg.members})": s.probs,
+                    "history": result.history,
+                }
+                if name == "none":
+                    curves[key]["one LoRA"] = s.member_probs[:, 0]
+                    curves[key][f"ensemble (M={cfg.members})"] = s.probs
+            if cfg.mc_dropout_samples > 0:
+                _log(f"-- {key} [MC dropout p={cfg.mc_dropout_p}]: training one member")
+                mc_cfg = {**common, "members": 1, "dropout": cfg.mc_dropout_p, "out": None}
+                result = train_ensemble(TrainConfig(**mc_cfg), train=train_q)
+                mc = mc_dropout_probs(result, test_q, cfg.mc_dropout_samples, seed=cfg.seed)
+                rows.append(
+                    _row(task, scoring, "none", f"MC dropout (T={cfg.mc_dropout_samples})",
+                         metrics.summary(mc.mean(1), answers))
+                )  # fmt: skip
+                curves[key]["MC dropout"] = mc.mean(1)
+            curves[key]["answers"] = answers
+    results = {
+        "config": dataclasses.asdict(cfg),
+        "model": str(model),
+        "seconds": time.perf_counter() - t_start,
+        "rows": rows,
+    }
+    write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    images = _plots(out, curves, rows, cfg)
+    write_atomic(out / "results.md", _markdown(results, images))
+    _log(f"results: {out / 'results.md'} ({results['seconds'] / 60:.1f} min)")
+    return results
+
+
+def _row(task: str, scoring: str, setting: str, model: str, m: dict[str, float]) -> dict[str, Any]:
+    return {"task": task, "scoring": scoring, "setting": setting, "model": model, **m}
+
+
+def _ood(in_scores: dict[str, np.ndarray], out: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """``ood``: per OOD set, AUROC/AUPR by each score."""
+    return {"ood": {name: ood_metrics(in_scores, o) for name, o in out.items()}} if out else {}
+
+
+def _plots(
+    out: Path, curves: dict[str, Any], rows: list[dict[str, Any]], cfg: ExperimentConfig
+) -> list[str]:
+    from lora_ens_rs import plots
+
+    images: list[str] = []
+    for key, c in curves.items():
+        if "answers" not in c:
+            continue
+        stem = key.replace("/", "-").replace(":", "_")
+        models = {k: v for k, v in c.items() if k != "answers"}
+        for name, fig in (
+            (f"reliability-{stem}.png", plots.reliability_diagram(models, c["answers"])),
+            (f"wrong-confidence-{stem}.png", plots.confidence_when_wrong(models, c["answers"])),
+        ):
+            plots.save(fig, out / name)
+            images.append(name)
+        points = []
+        for setting in cfg.settings:
+            sel = [r for r in rows if f"{r['task']}/{r['scoring']}" == key
+                   and r["setting"] == setting["name"]]  # fmt: skip
+            single = next((r for r in sel if r["model"].startswith("one LoRA")), None)
+            ens = next((r for r in sel if r["model"].startswith("ensemble")), None)
+            if single and ens:
+                points.append({"label": setting["name"], "single": single, "ensemble": ens})
+        if points:
+            name = f"accuracy-vs-ece-{stem}.png"
+            plots.save(plots.accuracy_vs_ece(points), out / name)
+            images.append(name)
+        history = curves.get(f"{key}/none", {}).get("history") or []
+        flat = [
+            {"member": m, "epoch": h["epoch"], **v}
+            for h in history
+            for m, v in enumerate(h.get("val") or [])
+        ]
+        if flat:
+            name = f"training-{stem}.png"
+            plots.save(plots.training_curves(flat), out / name)
+            images.append(name)
+    return images
+
+
+def _fmt(r: dict[str, Any], k: str) -> str:
+    sd = r.get(f"{k}_sd")
+    return f"{r[k]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+
+def _markdown(results: dict[str, Any], images: list[str]) -> str:
+    cfg = results["config"]
+    lines = [
+        "# LoRA ensemble experiments",
+        "",
+        f"Model `{Path(results['model']).name}`, M = {cfg['members']} members, "
+        f"{cfg['epochs']} epochs, lr {cfg['lr']}, rank {cfg['rank']}, layers {cfg['layers']}, "
+        f"targets {', '.join(cfg['targets'])}; {results['seconds'] / 60:.1f} min in all. "
+        "One LoRA = mean ± sd over the members, each scored alone.",
+        "",
+        "| task | scoring | setting | model | accuracy | NLL | ECE | Brier |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['task']} | {r['scoring']} | {r['setting']} | {r['model']} "
+            f"| {_fmt(r, 'accuracy')} | {_fmt(r, 'nll')} | {_fmt(r, 'ece')} | {_fmt(r, 'brier')} |"
+        )
+    ood_rows = [r for r in results["rows"] if r.get("ood")]
+    if ood_rows:
+        lines += ["", "## OOD detection (AUROC)", "",
+                  "| task | scoring | setting | model | OOD set | max prob | entropy | MI |",
+                  "|---|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+        for r in ood_rows:
+            for name, m in r["ood"].items():
+                cell = [f"{m[s]['auroc']:.3f}" if s in m else "-"
+                        for s in ("max_probability", "entropy", "mutual_information")]  # fmt: skip
+                lines.append(
+                    f"| {r['task']} | {r['scoring']} | {r['setting']} | {r['model']} | {name} | "
+                    + " | ".join(cell)
+                    + " |"
+                )
+    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in images]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """``lora-ens-rs experiment``: run a preset (optionally overridden by a JSON config file)."""
+    import argparse
+
+    from lora_ens_rs.errors import LoraEnsError
+
+    ap = argparse.ArgumentParser(
+        prog="lora-ens-rs experiment",
+        description="Run the LoRA-ensemble experiment grid and write results.md with plots.",
+    )
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--config", type=Path, help="JSON file of ExperimentConfig fields (override)")
+    ap.add_argument("--model", help="GGUF base model (default: the default model)")
+    ap.add_argument("--out", type=Path, required=True, help="output directory")
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    settings = dict(PRESETS[args.preset])
+    if args.config:
+        settings.update(json.loads(args.config.read_text()))
+    if args.model:
+        settings["model"] = args.model
+    if args.threads:
+        settings["threads"] = args.threads
+    try:
+        run(ExperimentConfig.from_dict(settings), args.out)
+    except LoraEnsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
