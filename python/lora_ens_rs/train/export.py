@@ -1,0 +1,192 @@
+"""Write a trained ensemble: one PEFT adapter directory per member plus ``ensemble.json``.
+
+    export_ensemble("runs/arc", stack, base, config=config.to_dict(), seeds=[0, 1, 2],
+                    labels=["A", "B", "C", "D"], scoring={"mode": "choices", ...},
+                    validation={...}, overwrite=False)
+
+Each member directory (``m0``, ``m1``, ...) holds ``adapter_config.json`` and
+``adapter_model.safetensors`` with PEFT's keys
+(``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`` [r, in], ``lora_B``
+[out, r]) in transformers' row order, so ``peft.PeftModel.from_pretrained`` loads it on
+transformers' model of the GGUF and ``lora_ens_rs.Ensemble`` on the GGUF itself. The whole
+directory is written into a temporary directory beside the target and renamed into place; an
+existing target is only replaced with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+import lora_ens_rs
+from lora_ens_rs.errors import LoraEnsIOError
+from lora_ens_rs.train.lora import PARENT, LoraStack
+
+MANIFEST = "ensemble.json"
+
+
+def peft_key(layer: int, target: str, matrix: str) -> str:
+    """PEFT's tensor name: ``base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight``."""
+    return f"base_model.model.model.layers.{layer}.{PARENT[target]}.{target}.{matrix}.weight"
+
+
+def member_tensors(stack: LoraStack, m: int) -> dict[str, torch.Tensor]:
+    """Member ``m``'s adapter tensors under PEFT's names (contiguous fp32 copies)."""
+    out = {}
+    for (layer, target), module in sorted(stack.modules.items()):
+        out[peft_key(layer, target, "lora_A")] = module.lora_A[m].detach().float().contiguous()
+        out[peft_key(layer, target, "lora_B")] = module.lora_B[m].detach().float().contiguous()
+    return out
+
+
+def adapter_config(
+    stack: LoraStack, *, alpha: float, dropout: float, rslora: bool, base_model: str
+) -> dict[str, Any]:
+    """The ``adapter_config.json`` of a member (PEFT LoRA, CAUSAL_LM)."""
+    rank = next(iter(stack.modules.values())).rank
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": stack.targets,
+        "layers_to_transform": stack.layers,
+        "layers_pattern": None,
+        "lora_dropout": dropout,
+        "bias": "none",
+        "use_rslora": rslora,
+        "use_dora": False,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "revision": None,
+    }
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; on success rename it to ``target``.
+
+    Args:
+        target: the directory to create.
+        overwrite: replace an existing ``target`` (else it is an error).
+
+    Raises:
+        LoraEnsIOError: ``target`` exists and ``overwrite`` is False, or a write fails.
+    """
+    target = Path(target)
+    check_writable(target, overwrite=overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            check_writable(target, overwrite=overwrite)
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, trash / "old")
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except OSError as e:
+        raise LoraEnsIOError(f"cannot write {str(target)!r}: {e}") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(target: str | os.PathLike[str], *, overwrite: bool) -> None:
+    """Refuse an existing ``target`` unless ``overwrite``.
+
+    Raises:
+        LoraEnsIOError: it exists and ``overwrite`` is False, or it is a file.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise LoraEnsIOError(
+            f"output directory {str(target)!r} already exists; pass overwrite=True "
+            "(--overwrite) to replace it"
+        )
+    if target.exists() and not target.is_dir():
+        raise LoraEnsIOError(f"output {str(target)!r} exists and is not a directory")
+
+
+def export_ensemble(
+    out: str | os.PathLike[str],
+    stack: LoraStack,
+    *,
+    base_path: str,
+    base_sha256: str | None,
+    alpha: float,
+    dropout: float,
+    rslora: bool,
+    seeds: Sequence[int],
+    labels: Sequence[str],
+    scoring: dict[str, Any],
+    training: dict[str, Any],
+    validation: dict[str, Any] | None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the ensemble directory ``out`` (members ``m0..`` and ``ensemble.json``).
+
+    Args:
+        out: target directory.
+        stack: the trained adapters.
+        base_path: the base model's path (GGUF), recorded in the manifest and adapters.
+        base_sha256: its sha256 (the engine refuses other base models).
+        alpha: LoRA alpha.
+        dropout: LoRA dropout used in training.
+        rslora: rank-stabilised scaling.
+        seeds: each member's seed.
+        labels: option labels (the engine's default labels for :meth:`Ensemble.score`).
+        scoring: ``{"mode": "labels" | "choices", "normalization": ...}``.
+        training: the full training config.
+        validation: per-member and ensemble validation metrics.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The directory written.
+
+    Raises:
+        LoraEnsIOError: ``out`` exists without ``overwrite``, or writing fails.
+    """
+    members = [f"m{m}" for m in range(stack.n_members)]
+    config = adapter_config(
+        stack, alpha=alpha, dropout=dropout, rslora=rslora, base_model=base_path
+    )
+    manifest = {
+        "members": members,
+        "base_model": {"path": base_path, "sha256": base_sha256},
+        "labels": list(labels),
+        "prompt_template": lora_ens_rs.TEMPLATE_NAME,
+        "scoring": scoring,
+        "training": training,
+        "seeds": list(seeds),
+        "validation": validation,
+        "version": lora_ens_rs.__version__,
+    }
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for m, name in enumerate(members):
+            member_dir = tmp / name
+            member_dir.mkdir()
+            save_file(
+                member_tensors(stack, m),
+                str(member_dir / "adapter_model.safetensors"),
+                metadata={"format": "pt"},
+            )
+            (member_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return Path(out)

@@ -1,0 +1,388 @@
+"""`train_ensemble`: train M LoRA members on one frozen base in one batched loop, then export.
+
+    from lora_ens_rs.train import TrainConfig, train_ensemble
+    result = train_ensemble(TrainConfig(data="ARC-Easy-Train.jsonl", out="runs/arc",
+                                        members=3, scoring="choices", layers="top4"))
+    result.history[-1]["val"]       # per-member validation metrics of the last epoch
+    result.model.member_probs(...)  # the trained ensemble in torch
+
+Each step takes ``batch_size`` questions per member, each member from its own seeded order
+(``share_data_order`` for one order), runs all members stacked on the batch axis, sums the
+members' mean losses and takes one AdamW step (constant learning rate; decoupled weight decay
+on the LoRA matrices). After each epoch every member is validated (accuracy, NLL, ECE with
+:mod:`lora_ens_rs.metrics`); with early stopping each member keeps its best epoch's adapters
+and stops counting once its patience runs out. Checkpoints are written each epoch and every
+``checkpoint_every`` steps; ``resume=True`` continues from the last one and ends with the same
+adapters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lora_ens_rs.errors import InputError
+from lora_ens_rs.train.base import BaseModel, load_base
+from lora_ens_rs.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from lora_ens_rs.train.config import TrainConfig, parse_layers
+from lora_ens_rs.train.data import (
+    Example,
+    Question,
+    collate,
+    encode_questions,
+    epoch_order,
+    load_questions,
+)
+from lora_ens_rs.train.export import check_writable, export_ensemble
+from lora_ens_rs.train.lora import LoraStack
+from lora_ens_rs.train.model import EnsembleModel
+from lora_ens_rs.train.objective import member_losses
+from lora_ens_rs.train.predictions import evaluate
+
+#: Called after every optimizer step with ``{"epoch", "step", "steps", "loss"}``.
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_ensemble` returns.
+
+    Attributes:
+        model: the trained ensemble in torch (adapters attached to the base model).
+        config: the config it ran with.
+        out: the ensemble directory written, or None.
+        history: one dict per epoch: ``epoch``, ``train_loss`` (per member), ``val``
+            (per-member metrics) and ``ensemble`` (metrics of the mean).
+        validation: final per-member and ensemble validation metrics (after restoring each
+            member's best epoch), or None without validation data.
+        train_examples: the encoded training questions.
+        val_examples: the encoded validation questions.
+        val_answers: their answers.
+    """
+
+    model: EnsembleModel
+    config: TrainConfig
+    out: Path | None
+    history: list[dict[str, Any]]
+    validation: dict[str, Any] | None
+    train_examples: list[Example] = field(repr=False)
+    val_examples: list[Example] = field(repr=False)
+    val_answers: np.ndarray = field(repr=False)
+
+    def adapters(self) -> dict[str, torch.Tensor]:
+        """A copy of the stacked adapter tensors (``"{layer}.{target}.lora_A"`` -> (M, r, in))."""
+        return self.model.stack.state()
+
+
+class _Trainer:
+    """The state of one training run (see :func:`train_ensemble`)."""
+
+    def __init__(self, config: TrainConfig, base: BaseModel, train_q, val_q) -> None:
+        self.config = config
+        self.base = base
+        self.seeds = config.member_seeds()
+        self.m = config.members
+        tok = base.tokenizer
+        enc = dict(scoring=config.scoring, normalization=config.normalization)
+        self.train = encode_questions(train_q, tok, source="training data", **enc)
+        self.val = encode_questions(val_q, tok, source="validation data", **enc)
+        if not self.train:
+            raise InputError("no training questions")
+        if config.early_stopping is not None and not self.val:
+            raise InputError("early_stopping needs validation questions")
+        self.val_answers = np.array([e.answer for e in self.val], dtype=np.int64)
+        self.labels = max((list(q.get("labels") or []) for q in train_q), key=len)
+        layers = parse_layers(config.layers, base.n_layer)
+        self.stack = LoraStack.attach(
+            base.model,
+            n_members=self.m,
+            rank=config.rank,
+            alpha=config.alpha,
+            targets=config.targets,
+            layers=layers,
+            seeds=self.seeds,
+            dropout=config.dropout,
+            rslora=config.rslora,
+        )
+        self.model = EnsembleModel(
+            base,
+            self.stack,
+            config.scoring,
+            config.normalization,
+            full_vocabulary=config.full_vocabulary,
+        )
+        bs = config.eval_batch_size
+        self.train_states = self.model.trunk(self.train, bs) if config.trunk_cache else None
+        self.val_states = (
+            self.model.trunk(self.val, bs) if config.trunk_cache and self.val else None
+        )
+        self.base_logp: torch.Tensor | None = None
+        if config.kl > 0:
+            probs = self.model.base_probs(self.train, states=self.train_states, batch_size=bs)
+            with np.errstate(divide="ignore"):
+                self.base_logp = torch.from_numpy(np.log(probs)).float()
+        self.optimizer = torch.optim.AdamW(
+            self.stack.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.steps = math.ceil(len(self.train) / config.batch_size)
+        self.epoch, self.step, self.epoch_losses = 0, 0, []
+        self.history: list[dict[str, Any]] = []
+        self.best_nll = [math.inf] * self.m
+        self.best_epoch = [0] * self.m
+        self.bad_epochs = [0] * self.m
+        self.stopped = [False] * self.m
+        self.best_state = self.stack.state()
+
+    # ---- checkpoints -----------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "epoch_losses": self.epoch_losses,
+            "adapters": self.stack.state(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best_nll": self.best_nll,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped,
+            "best_state": self.best_state,
+        }
+
+    def restore(self, state: dict[str, Any], where: str) -> None:
+        check_compatible(state["config"], self.config.to_dict(), where)
+        self.stack.load_state(state["adapters"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.epoch_losses = list(state["epoch_losses"])
+        self.history = list(state["history"])
+        self.best_nll = list(state["best_nll"])
+        self.best_epoch = list(state["best_epoch"])
+        self.bad_epochs = list(state["bad_epochs"])
+        self.stopped = list(state["stopped"])
+        self.best_state = dict(state["best_state"])
+
+    def checkpoint(self) -> None:
+        directory = self.config.checkpoint_path()
+        if directory is not None:
+            save_checkpoint(directory, self.state())
+
+    # ---- training --------------------------------------------------------------------
+
+    def orders(self, epoch: int) -> list[np.ndarray]:
+        n = len(self.train)
+        if self.config.share_data_order:
+            return [epoch_order(n, self.config.seed, epoch)] * self.m
+        return [epoch_order(n, s, epoch) for s in self.seeds]
+
+    def train_step(self, rows: list[int]) -> list[float]:
+        self.stack.train(True)
+        batch = collate([self.train[i] for i in rows])
+        hidden = self.model.hidden_in(rows, self.train, self.train_states, batch.width)
+        logp, full = self.model.log_probs(batch, hidden)
+        base_logp = None
+        if self.base_logp is not None:
+            base_logp = self.base_logp[rows][:, : logp.shape[1]]
+        loss, _ = member_losses(
+            logp, batch, self.m, full=full, base_logp=base_logp, kl=self.config.kl
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        self.optimizer.step()
+        return loss.detach().tolist()
+
+    def run_epoch(self, callback: StepCallback | None) -> None:
+        config, bs = self.config, self.config.batch_size
+        orders = self.orders(self.epoch)
+        bar = None
+        if config.progress:
+            from tqdm.auto import tqdm
+
+            desc = f"epoch {self.epoch + 1}/{config.epochs}"
+            bar = tqdm(total=self.steps, initial=self.step, desc=desc, file=sys.stderr)
+        try:
+            while self.step < self.steps:
+                lo = self.step * bs
+                rows = [int(i) for order in orders for i in order[lo : lo + bs]]
+                losses = self.train_step(rows)
+                self.epoch_losses.append(losses)
+                self.step += 1
+                if bar is not None:
+                    recent = np.mean(self.epoch_losses[-20:])
+                    bar.set_postfix(loss=f"{recent:.4f}")
+                    bar.update(1)
+                every = config.checkpoint_every
+                if every is not None and self.step % every == 0 and self.step < self.steps:
+                    self.checkpoint()
+                if callback is not None:
+                    info = {"epoch": self.epoch, "step": self.step, "steps": self.steps}
+                    callback({**info, "loss": losses})
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def end_epoch(self) -> None:
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "train_loss": np.mean(self.epoch_losses, axis=0).tolist(),
+        }
+        if self.val:
+            probs = self.model.member_probs(
+                self.val, states=self.val_states, batch_size=self.config.eval_batch_size
+            )
+            record["val"], record["ensemble"] = evaluate(probs, self.val_answers)
+            self.early_stopping(record["val"])
+        self.history.append(record)
+        if self.config.progress:
+            self.print_epoch(record)
+        self.epoch, self.step, self.epoch_losses = self.epoch + 1, 0, []
+        self.checkpoint()
+
+    def early_stopping(self, val: list[dict[str, float]]) -> None:
+        current = None
+        for m in range(self.m):
+            if self.stopped[m]:
+                continue
+            if val[m]["nll"] < self.best_nll[m]:
+                current = current if current is not None else self.stack.state()
+                for key, tensor in current.items():
+                    self.best_state[key][m] = tensor[m]
+                self.best_nll[m], self.best_epoch[m], self.bad_epochs[m] = (
+                    val[m]["nll"],
+                    self.epoch + 1,
+                    0,
+                )
+            else:
+                self.bad_epochs[m] += 1
+                patience = self.config.early_stopping
+                if patience is not None and self.bad_epochs[m] >= patience:
+                    self.stopped[m] = True
+
+    def print_epoch(self, record: dict[str, Any]) -> None:
+        for m, loss in enumerate(record["train_loss"]):
+            line = f"epoch {record['epoch']} m{m}: train loss {loss:.4f}"
+            if "val" in record:
+                v = record["val"][m]
+                line += f" | val acc {v['accuracy']:.3f} nll {v['nll']:.4f} ece {v['ece']:.4f}"
+                if self.stopped[m]:
+                    line += f" (stopped; best epoch {self.best_epoch[m]})"
+            print(line, file=sys.stderr)
+        if "ensemble" in record:
+            e = record["ensemble"]
+            print(
+                f"epoch {record['epoch']} ensemble: val acc {e['accuracy']:.3f} "
+                f"nll {e['nll']:.4f} ece {e['ece']:.4f}",
+                file=sys.stderr,
+            )
+
+    def finish(self) -> dict[str, Any] | None:
+        if self.config.early_stopping is not None:
+            self.stack.load_state(self.best_state)
+        if not self.val:
+            return None
+        probs = self.model.member_probs(
+            self.val, states=self.val_states, batch_size=self.config.eval_batch_size
+        )
+        members, ensemble = evaluate(probs, self.val_answers)
+        if self.config.early_stopping is not None:
+            for m, record in enumerate(members):
+                record["best_epoch"] = self.best_epoch[m]
+        return {"n_questions": len(self.val), "members": members, "ensemble": ensemble}
+
+
+def train_ensemble(
+    config: TrainConfig | None = None,
+    *,
+    train: Sequence[Question] | None = None,
+    val: Sequence[Question] | None = None,
+    callback: StepCallback | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train an M-member LoRA ensemble and (with ``config.out``) export it.
+
+    Args:
+        config: the settings (default ``TrainConfig()``); ``overrides`` replace fields.
+        train: training questions (dicts as :func:`lora_ens_rs.read_questions` returns)
+            instead of ``config.data``.
+        val: validation questions instead of ``config.val`` / the held-out split.
+        callback: called after every optimizer step with ``{"epoch", "step", "steps",
+            "loss"}``; an exception raised there stops training (the last checkpoint stays).
+        **overrides: TrainConfig fields, e.g. ``members=3, epochs=2``.
+
+    Returns:
+        :class:`TrainResult` with the trained model, history and validation metrics.
+
+    Raises:
+        InputError: a bad setting, or resuming without a compatible checkpoint.
+        DataError: a question without an answer or choices.
+        LabelError: label scoring with a label that is not one token.
+        MissingFileError: a data or model file does not exist.
+        LoraEnsIOError: ``out`` exists without ``overwrite``, or a write fails.
+
+    Example:
+        >>> result = train_ensemble(data="train.jsonl", out="runs/demo", members=3,
+        ...                         scoring="choices", layers="top4", epochs=2)
+        >>> len(result.validation["members"]), result.out.name
+        (3, 'demo')
+    """
+    config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides}).validate()
+    if config.out is not None:
+        check_writable(config.out, overwrite=config.overwrite)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    train_q, val_q = load_questions(config, train, val)
+    base = load_base(config.model)
+    torch.manual_seed(config.seed)  # LoRA dropout masks
+    trainer = _Trainer(config, base, train_q, val_q)
+    if config.resume:
+        where = config.checkpoint_path()
+        state = load_checkpoint(where) if where is not None else None
+        if state is None:
+            raise InputError(f"resume: no checkpoint in {where!r}")
+        trainer.restore(state, repr(where))
+    while trainer.epoch < config.epochs and not all(trainer.stopped):
+        trainer.run_epoch(callback)
+        trainer.end_epoch()
+    validation = trainer.finish()
+    out = None
+    if config.out is not None:
+        out = export_ensemble(
+            config.out,
+            trainer.stack,
+            base_path=base.path,
+            base_sha256=base.sha256,
+            alpha=config.alpha,
+            dropout=config.dropout,
+            rslora=config.rslora,
+            seeds=trainer.seeds,
+            labels=trainer.labels,
+            scoring={
+                "mode": config.scoring,
+                "normalization": config.normalization if config.scoring == "choices" else None,
+                "full_vocabulary": config.full_vocabulary,
+            },
+            training={**config.to_dict(), "layers_resolved": trainer.stack.layers},
+            validation=validation,
+            overwrite=config.overwrite,
+        )
+    return TrainResult(
+        model=trainer.model,
+        config=config,
+        out=out,
+        history=trainer.history,
+        validation=validation,
+        train_examples=trainer.train,
+        val_examples=trainer.val,
+        val_answers=trainer.val_answers,
+    )
