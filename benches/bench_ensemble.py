@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from bench_scoring import (
     load_questions,
     notes,
     peak_rss_mib,
+    run_worker,
     softmax,
     timed_passes,
 )
@@ -243,22 +243,7 @@ def worker(job_path: Path) -> None:
 def run_peer(job: dict, tmp: Path, threads: int) -> dict:
     key = {"config": job["config"], "m": len(job["members"]), "peer": job["peer"]}
     job_path = tmp / f"{job['config']}-m{key['m']}-{job['peer']}.json"
-    job_path.write_text(json.dumps(job))
-    env = dict(os.environ)
-    # The engine's pools (rayon, candle) size themselves from this; default: all cores.
-    env["RAYON_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", str(job_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    out_path = job_path.with_suffix(".out.json")
-    if proc.returncode != 0 or not out_path.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {**key, "error": "\n".join(tail) or f"exit {proc.returncode}"}
-    return json.loads(out_path.read_text())
+    return {**key, **run_worker(__file__, job, job_path, threads)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,14 +204,15 @@ def worker(job_path: Path) -> None:
     job_path.with_suffix(".out.json").write_text(json.dumps(result))
 
 
-def run_peer(job: dict, tmp: Path, threads: int) -> dict:
-    job_path = tmp / f"{job['peer']}.json"
+def run_worker(script: str, job: dict, job_path: Path, threads: int) -> dict:
+    """Run `script --worker job_path` in a fresh interpreter (its own peak RSS) and return the
+    result it wrote beside the job, or `{"error": <last lines of its output>}`."""
     job_path.write_text(json.dumps(job))
     env = dict(os.environ)
     # The engine's pools (rayon, candle) size themselves from this; default: all cores.
     env["RAYON_NUM_THREADS"] = str(threads)
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", str(job_path)],
+        [sys.executable, script, "--worker", str(job_path)],
         env=env,
         capture_output=True,
         text=True,
@@ -220,8 +221,12 @@ def run_peer(job: dict, tmp: Path, threads: int) -> dict:
     out_path = job_path.with_suffix(".out.json")
     if proc.returncode != 0 or not out_path.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"peer": job["peer"], "error": "\n".join(tail) or f"exit {proc.returncode}"}
+        return {"error": "\n".join(tail) or f"exit {proc.returncode}"}
     return json.loads(out_path.read_text())
+
+
+def run_peer(job: dict, tmp: Path, threads: int) -> dict:
+    return {"peer": job["peer"], **run_worker(__file__, job, tmp / f"{job['peer']}.json", threads)}
 
 
 def softmax(rows):
