@@ -99,12 +99,14 @@ def test_eval_metrics_match_a_direct_computation(
     # OOD: in-distribution = 0, OOD = 1; higher score = more OOD.
     y = np.r_[np.zeros(40), np.ones(40)]
 
+    # Entropy and MI are divided by ln K (CSQA has 5 options, OBQA 4).
+    k_in, k_out = np.log(5.0), np.log(4.0)
+
     def ood_pair(in_p: np.ndarray, out_p: np.ndarray, name: str) -> dict[str, float]:
-        score = {
-            "max_probability": lambda p: 1 - p.max(1),
-            "entropy": entropy,
-        }[name]
-        x = np.r_[score(in_p.astype(np.float64)), score(out_p.astype(np.float64))]
+        if name == "max_probability":
+            x = np.r_[1 - in_p.max(1), 1 - out_p.max(1)].astype(np.float64)
+        else:
+            x = np.r_[entropy(in_p) / k_in, entropy(out_p) / k_out]
         return {"auroc": roc_auc_score(y, x), "aupr": average_precision_score(y, x)}
 
     assert got["ood"]["n_questions"] == 40
@@ -116,7 +118,7 @@ def test_eval_metrics_match_a_direct_computation(
         for name in ("max_probability", "entropy"):
             assert_close(got["ood"][who][name], ood_pair(ip, op, name))
         assert "mutual_information" not in got["ood"][who] or who == "ensemble"
-    x = np.r_[s.mutual_information, o.mutual_information].astype(np.float64)
+    x = np.r_[s.mutual_information / k_in, o.mutual_information / k_out].astype(np.float64)
     assert_close(
         got["ood"]["ensemble"]["mutual_information"],
         {"auroc": roc_auc_score(y, x), "aupr": average_precision_score(y, x)},

@@ -22,7 +22,8 @@ from lora_ens_rs.ensemble import Ensemble, Progress
 from lora_ens_rs.errors import InputError
 from lora_ens_rs.results import Scores, write_atomic
 
-#: OOD scores, each higher for "more out of distribution".
+#: OOD scores, each higher for "more out of distribution": 1 - max probability, and entropy
+#: and mutual information divided by ln K (K options of the question).
 OOD_SCORES = ("max_probability", "entropy", "mutual_information")
 
 
@@ -37,22 +38,27 @@ def answers_of(questions: Sequence[dict[str, Any]], what: str) -> np.ndarray:
     return np.array([q["answer"] for q in questions], dtype=np.int64)
 
 
-def single_scores(probs: np.ndarray) -> dict[str, np.ndarray]:
-    """OOD scores of one predictive distribution (N, K) (mutual information is 0)."""
+def single_scores(probs: np.ndarray, n_options: np.ndarray) -> dict[str, np.ndarray]:
+    """OOD scores of one predictive distribution (N, K) (mutual information is 0). Entropy is
+    divided by ln K_i so questions with different numbers of options compare (a 5-way
+    question's entropy is otherwise higher than a 4-way one's, whatever the model's doubt)."""
     p = np.clip(probs.astype(np.float64), 0.0, 1.0)
     logs = np.log(np.where(p > 0, p, 1.0))
+    norm = np.log(np.maximum(np.asarray(n_options, dtype=np.float64), 2.0))
     return {
         "max_probability": 1.0 - p.max(1),
-        "entropy": -(p * logs).sum(1),
+        "entropy": -(p * logs).sum(1) / norm,
         "mutual_information": np.zeros(len(p)),
     }
 
 
 def ensemble_scores(s: Scores) -> dict[str, np.ndarray]:
+    """OOD scores of an ensemble's predictions; entropy and MI divided by ln K_i."""
+    norm = np.log(np.maximum(s.n_options.astype(np.float64), 2.0))
     return {
         "max_probability": 1.0 - s.confidence.astype(np.float64),
-        "entropy": s.entropy.astype(np.float64),
-        "mutual_information": s.mutual_information.astype(np.float64),
+        "entropy": s.entropy.astype(np.float64) / norm,
+        "mutual_information": s.mutual_information.astype(np.float64) / norm,
     }
 
 
@@ -158,7 +164,8 @@ def evaluate(
             "n_questions": len(ood_questions),
             "ensemble": ood_metrics(ensemble_scores(s), ensemble_scores(o)),
             "one_member": ood_metrics(
-                single_scores(s.member_probs[:, 0]), single_scores(o.member_probs[:, 0])
+                single_scores(s.member_probs[:, 0], s.n_options),
+                single_scores(o.member_probs[:, 0], o.n_options),
             ),
         }
         if base is not None and base_scores is not None:
@@ -166,7 +173,8 @@ def evaluate(
                 ood_questions, mode, normalization=norm, batch_size=batch_size, progress=progress
             )
             result["ood"]["base"] = ood_metrics(
-                single_scores(base_scores.probs), single_scores(ob.probs)
+                single_scores(base_scores.probs, base_scores.n_options),
+                single_scores(ob.probs, ob.n_options),
             )
     result["seconds"] = time.perf_counter() - t0
     if report_dir is not None:
@@ -232,6 +240,9 @@ def markdown(result: dict[str, Any], images: list[str]) -> str:
         lines += [
             "",
             f"## Out-of-distribution detection ({result['ood']['n_questions']} OOD questions)",
+            "",
+            "Scores: 1 - max probability, and entropy / mutual information divided by ln K "
+            "(K options of the question).",
             "",
             "| model | score | AUROC | AUPR |",
             "|---|---|---:|---:|",

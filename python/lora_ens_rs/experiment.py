@@ -182,7 +182,8 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
             rows.append(
                 _row(task, scoring, "-", "zero-shot base", metrics.summary(b.probs, answers))
                 | _ood(
-                    single_scores(b.probs), {n: single_scores(s.probs) for n, s in b_ood.items()}
+                    single_scores(b.probs, b.n_options),
+                    {n: single_scores(s.probs, s.n_options) for n, s in b_ood.items()},
                 )
             )
             curves[key] = {"zero-shot base": b.probs}
@@ -222,8 +223,11 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
                 rows.append(
                     _row(task, scoring, name, "one LoRA (mean of members)", single | spread)
                     | _ood(
-                        single_scores(s.member_probs[:, 0]),
-                        {n: single_scores(o.member_probs[:, 0]) for n, o in s_ood.items()},
+                        single_scores(s.member_probs[:, 0], s.n_options),
+                        {
+                            n: single_scores(o.member_probs[:, 0], o.n_options)
+                            for n, o in s_ood.items()
+                        },
                     )
                 )
                 rows.append(
