@@ -28,9 +28,14 @@ pub struct Ensemble {
     inner: lora_ens::ensemble::Ensemble,
 }
 
-/// `progress(done, total)` called from the engine thread (taking the GIL only for the call).
-fn progress_fn(progress: Option<Py<PyAny>>) -> Option<impl Fn(usize, usize) + Sync> {
-    progress.map(|cb| {
+/// Run `f` with the scoring options of one call: `batch_size`, and `progress(done, total)`
+/// called from the engine thread (taking the GIL only for the call).
+fn with_options<T>(
+    batch_size: usize,
+    progress: Option<Py<PyAny>>,
+    f: impl FnOnce(&ScoreOptions<'_>) -> T,
+) -> T {
+    let report = progress.map(|cb| {
         move |done: usize, total: usize| {
             Python::attach(|py| {
                 // A failing progress callback must not abort the scoring: report and go on.
@@ -39,6 +44,10 @@ fn progress_fn(progress: Option<Py<PyAny>>) -> Option<impl Fn(usize, usize) + Sy
                 }
             });
         }
+    });
+    f(&ScoreOptions {
+        batch_size,
+        progress: report.as_ref().map(|r| r as &(dyn Fn(usize, usize) + Sync)),
     })
 }
 
@@ -74,12 +83,9 @@ impl Ensemble {
         batch_size: usize,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let cb = progress_fn(progress);
-        let opts = ScoreOptions {
-            batch_size,
-            progress: cb.as_ref().map(|f| f as &(dyn Fn(usize, usize) + Sync)),
-        };
-        let s = call(py, || self.inner.score(&prompts, &labels, &opts))?;
+        let s = with_options(batch_size, progress, |opts| {
+            call(py, || self.inner.score(&prompts, &labels, opts))
+        })?;
         scores_dict(py, s)
     }
 
@@ -94,14 +100,11 @@ impl Ensemble {
         batch_size: usize,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let cb = progress_fn(progress);
-        let opts = ScoreOptions {
-            batch_size,
-            progress: cb.as_ref().map(|f| f as &(dyn Fn(usize, usize) + Sync)),
-        };
-        let s = call(py, || {
-            let norm = Normalization::from_name(normalization)?;
-            self.inner.score_choices(&contexts, &choices, norm, &opts)
+        let s = with_options(batch_size, progress, |opts| {
+            call(py, || {
+                let norm = Normalization::from_name(normalization)?;
+                self.inner.score_choices(&contexts, &choices, norm, opts)
+            })
         })?;
         scores_dict(py, s)
     }
