@@ -164,7 +164,8 @@ class Ensemble:
             prompts: N prompt texts.
             labels: one list shared by all prompts, or one list per prompt (lengths may
                 differ: ARC has 3-5 choices); default :attr:`labels`.
-            batch_size: prompts per forward pass.
+            batch_size: prompts per forward pass of the base model alone; with M members
+                a pass takes ``max(1, 2 * batch_size // M)``, so memory stays near the base's.
             progress: ``True`` for a progress bar on stderr, or a ``callback(done, total)``.
 
         Returns:
@@ -213,7 +214,8 @@ class Ensemble:
             choices: one list of answer texts shared by all, or one list per context.
             normalization: ``"sum"`` (lm-eval acc), ``"per_token"`` (mean log-probability)
                 or ``"per_byte"`` (sum over the UTF-8 length, like lm-eval acc_norm).
-            batch_size: contexts per forward pass.
+            batch_size: contexts per forward pass of the base model alone; with M members
+                a pass takes ``max(1, 2 * batch_size // M)``, so memory stays near the base's.
             progress: ``True`` for a progress bar on stderr, or a ``callback(done, total)``.
 
         Returns:
@@ -258,7 +260,8 @@ class Ensemble:
                 ``"choices"`` (answer texts after :func:`lora_ens_rs.choice_context`); default:
                 the manifest's ``scoring.mode``, else ``"choices"``.
             normalization: for choices; default the manifest's, else ``"per_token"``.
-            batch_size: questions per forward pass.
+            batch_size: questions per forward pass of the base model alone; with M members
+                a pass takes ``max(1, 2 * batch_size // M)``, so memory stays near the base's.
             progress: ``True`` for a progress bar on stderr, or a ``callback(done, total)``.
 
         Returns:

@@ -68,7 +68,8 @@ pub struct InferArgs {
     /// manifest's `scoring.normalization`, else `per_token`.
     #[arg(long, value_parser = PossibleValuesParser::new(["sum", "per_token", "per_byte"]))]
     pub normalization: Option<String>,
-    /// Questions per forward pass.
+    /// Questions per forward pass of the base model alone; with M members a pass takes
+    /// max(1, 2 * batch-size / M) of them, so memory stays near the base model's.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
     /// Read only the first N questions.
