@@ -2,7 +2,7 @@
 one LoRA (each member alone), the M-member LoRA ensemble and MC dropout, for each regulariser
 setting (none, weight decay, KL to the base, early stopping); OOD detection on other datasets.
 
-    lora-ens-rs experiment --preset small --out reports/small      # ~1 h on 2 CPU cores
+    lora-ens-rs experiment --preset small --out reports/small  # 46 min on 2 cores (docs/results.md)
     lora_ens_rs.experiment.run(PRESETS["small"], out="reports/small")
 
 Training is :func:`lora_ens_rs.train.train_ensemble` (torch); every evaluation runs in the Rust
