@@ -79,9 +79,10 @@ demo: setup  ## Install everything, then train a 5-member LoRA ensemble on Commo
 	@echo "== report with plots: $(DEMO_REPORT)/report.md; ensemble (PEFT members + ensemble.json): $(DEMO_RUN) =="
 
 .PHONY: bench
-bench:  ## Side-by-side benchmarks against transformers / llama.cpp (see benches/README.md)
+bench:  ## Side-by-side benchmarks against transformers, llama.cpp and PEFT (see benches/README.md)
 	OMP_WAIT_POLICY=passive $(PY) benches/bench_scoring.py
 	OMP_WAIT_POLICY=passive $(PY) benches/bench_ensemble.py
+	OMP_WAIT_POLICY=passive $(PY) benches/bench_training.py
 
 .PHONY: clean
 clean:  ## Remove build outputs, the virtual environment and generated fixtures
