@@ -123,9 +123,13 @@ def test_engine_calls_release_the_gil(ens: lora_ens_rs.Ensemble) -> None:
 
 
 def test_progress_callback(ens: lora_ens_rs.Ensemble) -> None:
+    # One call per pass; with M = 3 members a pass takes 2 * batch_size // 3 questions.
     seen: list[tuple[int, int]] = []
-    ens.score(csqa_prompts(10), batch_size=4, progress=lambda d, t: seen.append((d, t)))
+    ens.score(csqa_prompts(10), batch_size=6, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(4, 10), (8, 10), (10, 10)]
+    seen.clear()
+    ens.score(csqa_prompts(10), batch_size=4, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(2, 10), (4, 10), (6, 10), (8, 10), (10, 10)]
 
 
 def test_generate(ens: lora_ens_rs.Ensemble) -> None:
