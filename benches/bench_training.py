@@ -40,6 +40,8 @@ def train_lora_ens_rs(job: dict, base) -> dict:
     from lora_ens_rs.train import TrainConfig, loop
 
     loop.load_base = lambda path: base  # the base is loaded (and timed) by the worker
+    if job.get("pass_cost") is not None:
+        loop.PASS_COST_TOKENS = job["pass_cost"]
     config = TrainConfig(
         model=job["model_path"],
         members=job["members"],
@@ -66,6 +68,8 @@ def train_lora_ens_rs(job: dict, base) -> dict:
         "steps_per_member": len(steps),
         # Encoding, attaching the adapters, the trunk cache and the first step.
         "first_step_s": steps[0] - t0,
+        "later_step_s": (steps[-1] - steps[0]) / max(1, len(steps) - 1),
+        "pass_cost_tokens": loop.PASS_COST_TOKENS,
         "member_loss": result.history[-1]["train_loss"],
     }
 
@@ -214,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="member m uses seed + m")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each peer")
     ap.add_argument("--peers", default=",".join(PEERS))
+    ap.add_argument(
+        "--pass-cost",
+        type=int,
+        help="lora-ens-rs: price of an extra length-bucket pass in tokens (default: the "
+        "library's PASS_COST_TOKENS; 1e9 runs each step in one pass)",
+    )
     ap.add_argument("--out", type=Path, help="write the table here, and JSON beside it")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -244,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "questions": questions,
         **{k: getattr(args, k) for k in ("members", "layers", "epochs", "lr", "seed", "threads")},
         "batch_size": args.batch_size,
+        "pass_cost": args.pass_cost,
     }
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,6 +270,15 @@ def main(argv: list[str] | None = None) -> int:
 
     md = table(results, args.members * args.epochs) + "\n\n" + notes(results, args.threads)
     ours, peft = results.get("lora-ens-rs", {}), results.get("peft-sequential", {})
+    if "first_step_s" in ours:
+        md += (
+            f"\n- lora-ens-rs: first step {ours['first_step_s']:.1f} s (encoding, adapters, trunk "
+            f"cache), later steps {ours['later_step_s']:.2f} s for {args.members} members "
+            f"(length buckets, {ours['pass_cost_tokens']} tokens a pass)"
+        )
+    if "train_s" in peft:
+        peft_step = peft["train_s"] / (args.members * peft["steps_per_member"])
+        md += f"\n- peft-sequential: {peft_step:.2f} s a member-step"
     if "member_loss" in ours and "member_loss" in peft:
         diff = max(
             abs(a - b) for a, b in zip(ours["member_loss"], peft["member_loss"], strict=True)

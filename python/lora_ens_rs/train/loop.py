@@ -7,13 +7,15 @@
     result.model.member_probs(...)  # the trained ensemble in torch
 
 Each step takes ``batch_size`` questions per member, each member from its own seeded order
-(``share_data_order`` for one order), runs all members stacked on the batch axis, sums the
-members' mean losses and takes one AdamW step (constant learning rate; decoupled weight decay
-on the LoRA matrices). After each epoch every member is validated (accuracy, NLL, ECE with
-:mod:`lora_ens_rs.metrics`); with early stopping each member keeps its best epoch's adapters
-and stops counting once its patience runs out. Checkpoints are written each epoch and every
-``checkpoint_every`` steps; ``resume=True`` continues from the last one and ends with the same
-adapters as an uninterrupted run.
+(``share_data_order`` for one order), and runs all members' rows together on the batch axis,
+each row through its own member's adapters, sorted by length into a few passes so that little
+is padding (gradients accumulated). It sums the members' mean losses and takes one AdamW step
+(constant learning rate; decoupled weight decay on the LoRA matrices). After each epoch
+every member is validated (accuracy, NLL, ECE with :mod:`lora_ens_rs.metrics`); with early
+stopping each member keeps its best epoch's adapters and stops counting once its patience
+runs out. Checkpoints are written each epoch and every ``checkpoint_every`` steps;
+``resume=True`` continues from the last one and ends with the same adapters as an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -38,13 +40,21 @@ from lora_ens_rs.train.data import (
     collate,
     encode_questions,
     epoch_order,
+    length_buckets,
     load_questions,
 )
 from lora_ens_rs.train.export import check_writable, export_ensemble
 from lora_ens_rs.train.lora import LoraStack
 from lora_ens_rs.train.model import EnsembleModel
-from lora_ens_rs.train.objective import member_losses
+from lora_ens_rs.train.objective import row_losses
 from lora_ens_rs.train.predictions import evaluate
+
+#: The price of one more forward/backward pass in a step, in tokens: a step splits its rows
+#: into length buckets when that saves more padded tokens than this per extra pass. On
+#: SmolLM2 (top-8 q/v adapters, 5 x 8 CommonsenseQA rows a step, 2 threads) 64..256 gave
+#: 1.71-1.76 s a step, against 2.27 s in one pass and 2.50 s with a pass per row
+#: (`benches/bench_training.py --pass-cost N`).
+PASS_COST_TOKENS = 128
 
 #: Called after every optimizer step with ``{"epoch", "step", "steps", "loss"}``.
 StepCallback = Callable[[dict[str, Any]], None]
@@ -187,20 +197,32 @@ class _Trainer:
         return [epoch_order(n, s, epoch) for s in self.seeds]
 
     def train_step(self, rows: list[int]) -> list[float]:
+        """One optimizer step on ``rows`` (member-major, equal counts); each member's mean loss.
+
+        The rows run in length buckets (see :data:`PASS_COST_TOKENS`), each bucket a forward and
+        backward pass whose rows carry their own member; gradients accumulate, scaled so that
+        the step's gradient is that of the members' summed mean losses.
+        """
         self.stack.train(True)
-        batch = collate([self.train[i] for i in rows])
-        hidden = self.model.hidden_in(rows, self.train, self.train_states, batch.width)
-        logp, full = self.model.log_probs(batch, hidden)
-        base_logp = None
-        if self.base_logp is not None:
-            base_logp = self.base_logp[rows][:, : logp.shape[1]]
-        loss, _ = member_losses(
-            logp, batch, self.m, full=full, base_logp=base_logp, kl=self.config.kl
-        )
+        per_member = len(rows) // self.m
+        members = np.repeat(np.arange(self.m), per_member)
+        lengths = [len(self.train[i].tokens) for i in rows]
+        totals = torch.zeros(self.m, dtype=torch.float64)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        for bucket in length_buckets(lengths, PASS_COST_TOKENS):
+            part = [rows[j] for j in bucket]
+            batch = collate([self.train[i] for i in part])
+            hidden = self.model.hidden_in(part, self.train, self.train_states, batch.width)
+            with self.stack.select(members[bucket].tolist()):  # one member per row
+                logp, full = self.model.log_probs(batch, hidden)
+            base_logp = None
+            if self.base_logp is not None:
+                base_logp = self.base_logp[part][:, : logp.shape[1]]
+            loss, _ = row_losses(logp, batch, full=full, base_logp=base_logp, kl=self.config.kl)
+            (loss.sum() / per_member).backward()
+            totals.index_add_(0, torch.from_numpy(members[bucket]), loss.detach().double())
         self.optimizer.step()
-        return loss.detach().tolist()
+        return (totals / per_member).tolist()
 
     def run_epoch(self, callback: StepCallback | None) -> None:
         config, bs = self.config, self.config.batch_size

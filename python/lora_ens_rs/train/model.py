@@ -10,7 +10,8 @@ Layers below the lowest adapted layer k are the same for every member, so their 
 "trunk", computed once per question, without gradients) can be cached in memory and reused by
 every member and epoch; only layers k.. , the final norm and the K needed rows (labels) or the
 read positions (choices) of the output layer run per step. Rows of a batch are member-major:
-member m's questions are rows ``m*B:(m+1)*B``.
+member m's questions are rows ``m*B:(m+1)*B`` (training passes instead name each row's member
+with ``stack.select``).
 """
 
 from __future__ import annotations
@@ -155,13 +156,15 @@ class EnsembleModel:
         """(N, copies, K) probabilities, each question run as ``copies`` member-major rows."""
         k = max(e.n_options for e in examples)
         out = np.zeros((len(examples), copies, k), dtype=np.float64)
-        for start in range(0, len(examples), batch_size):
-            idx = list(range(start, min(start + batch_size, len(examples))))
+        # Questions of similar length share a pass: less padding.
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             rows = idx * copies
             batch = collate([examples[i] for i in rows], n_options=k)
             logp, _ = self.log_probs(batch, self.hidden_in(rows, examples, states, batch.width))
             probs = logp.exp().view(copies, len(idx), k).transpose(0, 1)
-            out[start : start + len(idx)] = probs.double().numpy()
+            out[idx] = probs.double().numpy()
         return out
 
     def member_probs(

@@ -2,7 +2,7 @@
 
     scores = option_scores(hidden, batch, lm_head_weight, scoring="choices")   # (R, K)
     logp = option_log_probs(scores, batch)                                     # log-softmax over K
-    loss = member_losses(logp, batch, n_members=M, base_logp=..., kl=0.1)      # (M,)
+    loss, nll = row_losses(logp, batch, base_logp=..., kl=0.1)                # (R,)
 
 - labels: the logits of the label tokens at the prompt's last position; the softmax over those
   K tokens is the prediction (the engine's ``score``). With ``full_vocabulary`` the loss is the
@@ -86,27 +86,25 @@ def kl_to_base(logp: torch.Tensor, base_logp: torch.Tensor, valid: torch.Tensor)
     return torch.where(valid, lp.exp() * (lp - lq), zero).sum(-1)
 
 
-def member_losses(
+def row_losses(
     logp: torch.Tensor,
     batch: Batch,
-    n_members: int,
     *,
     full: torch.Tensor | None = None,
     base_logp: torch.Tensor | None = None,
     kl: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each member's mean loss over its rows (rows are member-major: M blocks of B).
+    """Each row's loss: ``-log p(answer)`` plus ``kl * KL(p || p_base)``.
 
     Args:
-        logp: (M * B, K) option log-probs.
+        logp: (R, K) option log-probs.
         batch: the batch (answers, valid).
-        n_members: M.
-        full: (M * B, K) full-vocabulary label log-probs: the cross-entropy uses them.
-        base_logp: (M * B, K) the base model's option log-probs (needed when ``kl > 0``).
+        full: (R, K) full-vocabulary label log-probs: the cross-entropy uses them.
+        base_logp: (R, K) the base model's option log-probs (needed when ``kl > 0``).
         kl: beta of the KL term.
 
     Returns:
-        ``(loss, nll)``: (M,) total loss and (M,) its cross-entropy part.
+        ``(loss, nll)``: (R,) total loss and (R,) its cross-entropy part.
     """
     answers = batch.answers[:, None]
     source = full if full is not None else logp
@@ -116,4 +114,4 @@ def member_losses(
         if base_logp is None:
             raise ValueError("kl > 0 needs the base model's log-probs")
         loss = ce + kl * kl_to_base(logp, base_logp, batch.valid)
-    return loss.view(n_members, -1).mean(1), ce.view(n_members, -1).mean(1)
+    return loss, ce
