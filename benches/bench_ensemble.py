@@ -16,24 +16,15 @@ import argparse
 import gc
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-# benches/ is a plain directory: running this file puts it on sys.path, so its sibling imports.
-from bench_scoring import (
-    LABELS,
-    REPO,
-    load_questions,
-    notes,
-    peak_rss_mib,
-    run_worker,
-    softmax,
-    timed_passes,
-)
+# benches/ is a plain directory: running a file in it puts it on sys.path, so siblings import.
+import common
+from bench_scoring import LABELS, describe_prompts, load_questions, softmax, timed_passes
 
 PEERS = ("engine", "peft-seq", "peft-mixed")
 # Adapter configurations: LoRA on the top N layers (None: every layer).
@@ -229,11 +220,7 @@ def worker(job_path: Path) -> None:
         "cpu_s": cpu,
         "qps": len(inputs) / times[best],
         "cpu_ms_per_q": 1000 * cpu[best] / len(inputs),
-        # Other work on the machine skews the timings: keep the 1-minute load around them.
-        "loadavg_1m": [load_before, os.getloadavg()[0]],
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "peak_rss_mib": peak_rss_mib(),
-        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **common.process_stats(load_before),
         "info": info,
         "probs": probs,
     }
@@ -243,7 +230,7 @@ def worker(job_path: Path) -> None:
 def run_peer(job: dict, tmp: Path, threads: int) -> dict:
     key = {"config": job["config"], "m": len(job["members"]), "peer": job["peer"]}
     job_path = tmp / f"{job['config']}-m{key['m']}-{job['peer']}.json"
-    return {**key, **run_worker(__file__, job, job_path, threads)}
+    return {**key, **common.run_worker(__file__, job, job_path, threads)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,17 +267,8 @@ def table(results: list[dict]) -> str:
         return f"{num[key] / den[key]:.2f}x" if key in num and key in den else "-"
 
     base = find(results, BASE, 0, "engine")
-    rows = [
-        "| config | M | peer | q/s | engine vs peft-seq | engine vs peft-mixed "
-        "| time / engine M=1 | CPU ms/q | peak RSS MiB | RSS / engine M=0 | load avg "
-        "| max abs dprob vs peft-seq | argmax agree w/ peft-seq |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        head = f"| {r['config']} | {r['m']} | {r['peer']} "
-        if "error" in r:
-            rows.append(head + f"| failed: {r['error'].splitlines()[-1]} ||||||||||")
-            continue
+
+    def cells(r: dict) -> list[str]:
         # Engine rows only: its q/s over the PEFT peers' at the same config and M.
         vs_seq = vs_mixed = "-"
         if r["peer"] == "engine":
@@ -300,15 +278,26 @@ def table(results: list[dict]) -> str:
         rel_time = ratio(find(results, r["config"], 1, "engine"), r, "qps")
         dprob = r.get("max_abs_dprob_peft_seq")
         agree = r.get("argmax_agree_peft_seq")
-        rows.append(
-            head + f"| {r['qps']:.2f} | {vs_seq} | {vs_mixed} "
-            f"| {rel_time if r['config'] != BASE else '-'} "
-            f"| {r['cpu_ms_per_q']:.0f} | {r['peak_rss_mib']:.0f} "
-            f"| {ratio(r, base, 'peak_rss_mib')} | {max(r['loadavg_1m']):.1f} "
-            f"| {'-' if dprob is None else f'{dprob:.2e}'} "
-            f"| {'-' if agree is None else f'{agree:.3f}'} |"
-        )
-    return "\n".join(rows)
+        return [
+            f"{r['qps']:.2f}",
+            vs_seq,
+            vs_mixed,
+            rel_time if r["config"] != BASE else "-",
+            f"{r['cpu_ms_per_q']:.0f}",
+            f"{r['peak_rss_mib']:.0f}",
+            ratio(r, base, "peak_rss_mib"),
+            f"{max(r['loadavg_1m']):.1f}",
+            "-" if dprob is None else f"{dprob:.2e}",
+            "-" if agree is None else f"{agree:.3f}",
+        ]
+
+    header = [
+        "config", "M", "peer", "q/s", "engine vs peft-seq", "engine vs peft-mixed",
+        "time / engine M=1", "CPU ms/q", "peak RSS MiB", "RSS / engine M=0", "load avg",
+        "max abs dprob vs peft-seq", "argmax agree w/ peft-seq",
+    ]  # fmt: skip
+    rows = [([r["config"], str(r["m"]), r["peer"]], r) for r in results]
+    return common.md_table(header, "lrl" + "r" * 10, rows, cells)
 
 
 def targets(results: list[dict]) -> str:
@@ -339,13 +328,9 @@ def targets(results: list[dict]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
-def parse_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data-dir", type=Path, default=common.REPO.parent / "shared" / "data")
     ap.add_argument("--model", help="GGUF file (default: lora_ens_rs.default_model_path())")
     ap.add_argument("--n", type=int, default=200, help="questions (from the top of dev)")
     ap.add_argument("--members", default="1,5,10", help="ensemble sizes M (M=0 always runs)")
@@ -355,21 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="default: all cores")
     ap.add_argument("--repeats", type=int, default=2, help="engine's timed passes; best kept")
     ap.add_argument("--peft-repeats", type=int, default=1, help="timed passes of PEFT peers")
-    ap.add_argument("--out", type=Path, help="write the table here, and JSON beside it")
-    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        worker(args.worker)
+    args = common.parse_args(ap, argv, worker)
+    if args is None:  # a worker process
         return 0
 
-    peers = parse_list(args.peers)
-    configs = parse_list(args.configs)
-    for what, got, known in (("peers", peers, PEERS), ("configs", configs, CONFIGS)):
-        unknown = set(got) - set(known)
-        if unknown:
-            ap.error(f"unknown {what} {sorted(unknown)}; choose from {', '.join(known)}")
+    peers = common.parse_choices(ap, "peers", args.peers, PEERS)
+    configs = common.parse_choices(ap, "configs", args.configs, CONFIGS)
     try:
-        sizes = sorted({int(m) for m in parse_list(args.members)} - {0})
+        sizes = sorted({int(m) for m in args.members.split(",") if m.strip()} - {0})
     except ValueError:
         ap.error(f"--members takes ensemble sizes like 1,5,10, not {args.members!r}")
     if not sizes or sizes[0] < 0:
@@ -384,10 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = [q["text"] for q in questions]
     # The engine's tokenizer, special tokens as the engine adds them: every peer sees these ids.
     ids = [tok.encode(t, add_special_tokens=True) for t in texts]
-    lengths = sorted(map(len, ids))
     print(
-        f"{len(ids)} prompts, {lengths[0]}-{lengths[-1]} tokens (median "
-        f"{lengths[len(lengths) // 2]}), label ids {label_ids}, {args.threads} threads, "
+        f"{describe_prompts(ids)}, label ids {label_ids}, {args.threads} threads, "
         f"batch {args.batch_size}, M in {sizes}, configs {configs}, best of {args.repeats} "
         f"(engine) / {args.peft_repeats} (PEFT)",
         file=sys.stderr,
@@ -431,11 +407,11 @@ def main(argv: list[str] | None = None) -> int:
 
     compare(results)
     engine = next((r for r in results if r["peer"] == "engine" and "info" in r), None)
-    # notes() (bench_scoring) reads the engine build from "engine" and load averages from all.
+    # common.notes() reads the engine build from "engine" and load averages from every row.
     md = (
         table(results)
         + "\n\n"
-        + notes({"engine": engine or {}, **dict(enumerate(results))}, args.threads)
+        + common.notes({"engine": engine or {}, **dict(enumerate(results))}, args.threads)
     )
     moved = [
         f"{r['config']} M={r['m']} {r['max_abs_dprob_base']:.3f}"
@@ -450,9 +426,10 @@ def main(argv: list[str] | None = None) -> int:
         md += "\n\nTargets (benches/README.md):\n\n" + checks
     print(md)
 
-    if args.out:
-        summary = {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    common.write_report(
+        args.out,
+        md,
+        {
             "n": len(ids),
             "batch_size": args.batch_size,
             "threads": args.threads,
@@ -462,12 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             "configs": {c: {**LORA, "top_layers": CONFIGS[c]} for c in configs},
             "init_scale": INIT_SCALE,
             "label_ids": label_ids,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "results": [{k: v for k, v in r.items() if k != "probs"} for r in results],
-        }
-        md_path = args.out.with_suffix(".md") if args.out.suffix == ".json" else args.out
-        md_path.write_text(md + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        },
+    )
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# benches/ is a plain directory: running a file in it puts it on sys.path, so siblings import.
+import common
+
 PEERS = ("engine", "transformers", "llamacpp")
 LABELS = ("A", "B", "C", "D", "E")
 
@@ -29,6 +29,15 @@ def build_prompt(stem: str, choices: list[str]) -> str:
     lines += [f"{label}. {text}" for label, text in zip(LABELS, choices, strict=True)]
     lines.append("Answer:")
     return "\n".join(lines)
+
+
+def describe_prompts(ids: list[list[int]]) -> str:
+    """``"200 prompts, 31-95 tokens (median 52)"``."""
+    lengths = sorted(map(len, ids))
+    return (
+        f"{len(ids)} prompts, {lengths[0]}-{lengths[-1]} tokens "
+        f"(median {lengths[len(lengths) // 2]})"
+    )
 
 
 def load_questions(data_dir: Path, n: int) -> list[dict]:
@@ -49,29 +58,6 @@ def load_questions(data_dir: Path, n: int) -> list[dict]:
     return questions
 
 
-def peak_rss_mib() -> float:
-    """Peak RSS of this process in MiB, model loading included.
-
-    ru_maxrss is not used on Linux: the kernel carries it across fork + exec, so a worker would
-    report the parent's peak (torch and the tokenizer) whenever that is larger. VmHWM belongs
-    to the process image and starts afresh at exec.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    scale = 2**20 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
-    return r.ru_utime + r.ru_stime
-
-
 def timed_passes(score, job: dict) -> tuple[list[float], list[float], list[list[float]]]:
     """Warm up on one batch, then time `repeats` passes over all prompts; logits of the last.
 
@@ -82,10 +68,10 @@ def timed_passes(score, job: dict) -> tuple[list[float], list[float], list[list[
     score(ids[: job["batch_size"]])
     times, cpu, logits = [], [], []
     for _ in range(job["repeats"]):
-        c0, t0 = cpu_seconds(), time.perf_counter()
+        c0, t0 = common.cpu_seconds(), time.perf_counter()
         logits = score(ids)
         times.append(time.perf_counter() - t0)
-        cpu.append(cpu_seconds() - c0)
+        cpu.append(common.cpu_seconds() - c0)
     return times, cpu, logits
 
 
@@ -193,40 +179,16 @@ def worker(job_path: Path) -> None:
         "cpu_s": cpu,
         "qps": len(job["ids"]) / times[best],
         "cpu_ms_per_q": 1000 * cpu[best] / len(job["ids"]),
-        # Other work on the machine skews the timings: keep the 1-minute load around them.
-        "loadavg_1m": [load_before, os.getloadavg()[0]],
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "peak_rss_mib": peak_rss_mib(),
-        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **common.process_stats(load_before),
         "info": info,
         "logits": logits,
     }
     job_path.with_suffix(".out.json").write_text(json.dumps(result))
 
 
-def run_worker(script: str, job: dict, job_path: Path, threads: int) -> dict:
-    """Run `script --worker job_path` in a fresh interpreter (its own peak RSS) and return the
-    result it wrote beside the job, or `{"error": <last lines of its output>}`."""
-    job_path.write_text(json.dumps(job))
-    env = dict(os.environ)
-    # The engine's pools (rayon, candle) size themselves from this; default: all cores.
-    env["RAYON_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(
-        [sys.executable, script, "--worker", str(job_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    out_path = job_path.with_suffix(".out.json")
-    if proc.returncode != 0 or not out_path.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"error": "\n".join(tail) or f"exit {proc.returncode}"}
-    return json.loads(out_path.read_text())
-
-
 def run_peer(job: dict, tmp: Path, threads: int) -> dict:
-    return {"peer": job["peer"], **run_worker(__file__, job, tmp / f"{job['peer']}.json", threads)}
+    out = common.run_worker(__file__, job, tmp / f"{job['peer']}.json", threads)
+    return {"peer": job["peer"], **out}
 
 
 def softmax(rows):
@@ -258,68 +220,44 @@ def table(results: dict) -> str:
         o = results.get(other, {})
         return f"{r['qps'] / o['qps']:.2f}x" if "qps" in o else "-"
 
-    rows = [
-        "| peer | q/s | vs transformers | vs llama.cpp | CPU ms/q | peak RSS MiB | load s "
-        "| load avg | accuracy | argmax agree w/ engine | max abs dprob vs engine |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in results.items():
-        if "error" in r:
-            rows.append(f"| {name} | failed: {r['error'].splitlines()[-1]} |||||||||")
-            continue
+    def cells(r: dict) -> list[str]:
         agree = f"{r['argmax_agree_engine']:.3f}" if "argmax_agree_engine" in r else "-"
         dprob = f"{r['max_abs_dprob_engine']:.2e}" if "max_abs_dprob_engine" in r else "-"
-        rows.append(
-            f"| {name} | {r['qps']:.2f} | {ratio(r, 'transformers')} | {ratio(r, 'llamacpp')} "
-            f"| {r['cpu_ms_per_q']:.0f} | {r['peak_rss_mib']:.0f} | {r['load_s']:.1f} "
-            f"| {max(r['loadavg_1m']):.1f} "
-            f"| {r['accuracy']:.3f} | {agree} | {dprob} |"
-        )
-    return "\n".join(rows)
+        return [
+            f"{r['qps']:.2f}",
+            ratio(r, "transformers"),
+            ratio(r, "llamacpp"),
+            f"{r['cpu_ms_per_q']:.0f}",
+            f"{r['peak_rss_mib']:.0f}",
+            f"{r['load_s']:.1f}",
+            f"{max(r['loadavg_1m']):.1f}",
+            f"{r['accuracy']:.3f}",
+            agree,
+            dprob,
+        ]
 
-
-def notes(results: dict, threads: int) -> str:
-    """Lines under the table: which engine build ran and whether the timings can be trusted."""
-    lines = []
-    engine = results.get("engine", {}).get("info")
-    if engine:
-        lines.append(f"engine build: {engine['core_so']}, mtime {engine['core_so_mtime']}")
-    policy = os.environ.get("OMP_WAIT_POLICY")
-    lines.append(
-        f"OMP_WAIT_POLICY={policy}"
-        if policy
-        else "OMP_WAIT_POLICY unset: OpenMP peers (torch, llama.cpp) spin while they wait"
-    )
-    loads = [max(r["loadavg_1m"]) for r in results.values() if "loadavg_1m" in r]
-    if loads and max(loads) > threads + 0.5:
-        lines.append(
-            f"WARNING: 1-min load average reached {max(loads):.1f} on {threads} threads: other "
-            "work shared the CPUs and the timings are skewed (spinning OpenMP peers most; "
-            "OMP_WAIT_POLICY=passive limits that)"
-        )
-    return "\n".join(f"- {line}" for line in lines)
+    header = [
+        "peer", "q/s", "vs transformers", "vs llama.cpp", "CPU ms/q", "peak RSS MiB", "load s",
+        "load avg", "accuracy", "argmax agree w/ engine", "max abs dprob vs engine",
+    ]  # fmt: skip
+    rows = [([name], r) for name, r in results.items()]
+    return common.md_table(header, "l" + "r" * 10, rows, cells)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data-dir", type=Path, default=common.REPO.parent / "shared" / "data")
     ap.add_argument("--model", help="GGUF file (default: lora_ens_rs.default_model_path())")
     ap.add_argument("--n", type=int, default=200, help="questions (from the top of dev)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="default: all cores")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes; the best is reported")
     ap.add_argument("--peers", default=",".join(PEERS))
-    ap.add_argument("--out", type=Path, help="write the table here, and JSON beside it")
-    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        worker(args.worker)
+    args = common.parse_args(ap, argv, worker)
+    if args is None:  # a worker process
         return 0
 
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = set(peers) - set(PEERS)
-    if unknown:
-        ap.error(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
+    peers = common.parse_choices(ap, "peers", args.peers, PEERS)
 
     from transformers import AutoTokenizer
 
@@ -331,10 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     questions = load_questions(args.data_dir, args.n)
     texts = [q["text"] for q in questions]
     ids = [tok(t)["input_ids"] for t in texts]
-    lengths = sorted(map(len, ids))
     print(
-        f"{len(ids)} prompts, {lengths[0]}-{lengths[-1]} tokens (median "
-        f"{lengths[len(lengths) // 2]}), label ids {label_ids}, {args.threads} threads, "
+        f"{describe_prompts(ids)}, label ids {label_ids}, {args.threads} threads, "
         f"batch {args.batch_size}, best of {args.repeats}",
         file=sys.stderr,
     )
@@ -358,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {peer}: {msg}", file=sys.stderr, flush=True)
 
     compare(results, [q["answer"] for q in questions])
-    md = table(results) + "\n\n" + notes(results, args.threads)
+    md = table(results) + "\n\n" + common.notes(results, args.threads)
     print(md)
     for name, r in results.items():
         if "argmax_agree_engine" in r:
@@ -367,23 +303,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"max |label softmax diff| {r['max_abs_dprob_engine']:.2e}"
             )
 
-    if args.out:
-        summary = {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    common.write_report(
+        args.out,
+        md,
+        {
             "n": len(ids),
             "batch_size": args.batch_size,
             "threads": args.threads,
             "repeats": args.repeats,
             "label_ids": label_ids,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "results": {
                 k: {f: v for f, v in r.items() if f not in ("logits", "probs")}
                 for k, r in results.items()
             },
-        }
-        md_path = args.out.with_suffix(".md") if args.out.suffix == ".json" else args.out
-        md_path.write_text(md + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        },
+    )
     return 1 if any("error" in r for r in results.values()) else 0
 
 

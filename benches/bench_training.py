@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_scoring import REPO, notes, peak_rss_mib, run_worker
+# benches/ is a plain directory: running a file in it puts it on sys.path, so siblings import.
+import common
 
 PEERS = ("lora-ens-rs", "peft-sequential")
 
@@ -172,8 +173,7 @@ def worker(job_path: Path) -> None:
         "peer": job["peer"],
         "load_s": load_s,
         **run(job, base),
-        "loadavg_1m": [load_before, os.getloadavg()[0]],
-        "peak_rss_mib": peak_rss_mib(),
+        **common.process_stats(load_before),
         "info": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -185,28 +185,30 @@ def worker(job_path: Path) -> None:
 
 def table(results: dict, member_epochs: int) -> str:
     ours = results.get("lora-ens-rs", {})
-    rows = [
-        "| peer | train s | s / member-epoch | steps / member | final train loss (mean of M) "
-        "| load s | peak RSS MiB | load avg | time / lora-ens-rs time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in results.items():
-        if "error" in r:
-            rows.append(f"| {name} | failed: {r['error'].splitlines()[-1]} |||||||")
-            continue
+
+    def cells(r: dict) -> list[str]:
         ratio = f"{r['train_s'] / ours['train_s']:.2f}x" if "train_s" in ours else "-"
-        loss = sum(r["member_loss"]) / len(r["member_loss"])
-        rows.append(
-            f"| {name} | {r['train_s']:.2f} | {r['train_s'] / member_epochs:.2f} "
-            f"| {r['steps_per_member']} | {loss:.4f} | {r['load_s']:.1f} "
-            f"| {r['peak_rss_mib']:.0f} | {max(r['loadavg_1m']):.1f} | {ratio} |"
-        )
-    return "\n".join(rows)
+        return [
+            f"{r['train_s']:.2f}",
+            f"{r['train_s'] / member_epochs:.2f}",
+            str(r["steps_per_member"]),
+            f"{sum(r['member_loss']) / len(r['member_loss']):.4f}",
+            f"{r['load_s']:.1f}",
+            f"{r['peak_rss_mib']:.0f}",
+            f"{max(r['loadavg_1m']):.1f}",
+            ratio,
+        ]
+
+    header = [
+        "peer", "train s", "s / member-epoch", "steps / member", "final train loss (mean of M)",
+        "load s", "peak RSS MiB", "load avg", "time / lora-ens-rs time",
+    ]  # fmt: skip
+    return common.md_table(header, "l" + "r" * 8, [([n], r) for n, r in results.items()], cells)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = os.environ.get("LORA_ENS_RS_DATA") or REPO.parent / "shared" / "data"
+    default_data = os.environ.get("LORA_ENS_RS_DATA") or common.REPO.parent / "shared" / "data"
     ap.add_argument("--data-dir", type=Path, default=Path(default_data))
     ap.add_argument("--model", help="GGUF file (default: lora_ens_rs.default_model_path())")
     ap.add_argument("--n", type=int, default=200, help="questions (from the top of csqa train)")
@@ -224,15 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         help="lora-ens-rs: price of an extra length-bucket pass in tokens (default: the "
         "library's PASS_COST_TOKENS; 1e9 runs each step in one pass)",
     )
-    ap.add_argument("--out", type=Path, help="write the table here, and JSON beside it")
-    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        worker(args.worker)
+    args = common.parse_args(ap, argv, worker)
+    if args is None:  # a worker process
         return 0
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    if set(peers) - set(PEERS):
-        ap.error(f"unknown peers {sorted(set(peers) - set(PEERS))}; choose from {PEERS}")
+    peers = common.parse_choices(ap, "peers", args.peers, PEERS)
 
     os.environ["LORA_ENS_RS_DATA"] = str(args.data_dir)
     import lora_ens_rs
@@ -260,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for peer in peers:
             print(f"running {peer} ...", file=sys.stderr, flush=True)
-            out = run_worker(
+            out = common.run_worker(
                 __file__, {**job, "peer": peer}, Path(tmp) / f"{peer}.json", args.threads
             )
             results[peer] = {"peer": peer, **out}
@@ -268,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             msg = f"error: {r['error']}" if "error" in r else f"{r['train_s']:.1f} s training"
             print(f"  {peer}: {msg}", file=sys.stderr, flush=True)
 
-    md = table(results, args.members * args.epochs) + "\n\n" + notes(results, args.threads)
+    md = table(results, args.members * args.epochs) + "\n\n" + common.notes(results, args.threads)
     ours, peft = results.get("lora-ens-rs", {}), results.get("peft-sequential", {})
     if "first_step_s" in ours:
         md += (
@@ -297,16 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             md += f"\n\ntarget >= 2x for top-8-layer adapters: not measured (layers {args.layers})"
     print(md)
-    if args.out:
-        summary = {
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            **{k: v for k, v in job.items() if k != "questions"},
-            "n": len(questions),
-            "results": results,
-        }
-        md_path = args.out.with_suffix(".md") if args.out.suffix == ".json" else args.out
-        md_path.write_text(md + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {k: v for k, v in job.items() if k != "questions"}
+    common.write_report(args.out, md, {**summary, "n": len(questions), "results": results})
     return 1 if any("error" in r for r in results.values()) else 0
 
 
