@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from peft_adapters import write_adapter
+
+from lora_ens_rs import TEMPLATE_NAME
+from lora_ens_rs._core import EnsembleManifest
 
 BASE = "tiny-q8_0.gguf"
 MEMBERS = [
@@ -61,14 +63,16 @@ def main(argv: list[str] | None = None) -> None:
         name = f"m{i}"
         write_adapter(fixtures / "hf", partial / name, seed=seed, **spec)
         names.append(name)
-    manifest = {
-        "members": names,
-        "base_model": {"path": BASE, "sha256": sha256(fixtures / BASE)},
-        "labels": ["A", "B", "C", "D", "E"],
-        "prompt_template": "qa-v1",
-        "note": "random adapters for tests (scripts/make_tiny_ensemble.py)",
-    }
-    (partial / "ensemble.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    # The engine's typed manifest, as training writes it.
+    manifest = EnsembleManifest(
+        names,
+        base_model_path=BASE,
+        base_model_sha256=sha256(fixtures / BASE),
+        labels=["A", "B", "C", "D", "E"],
+        prompt_template=TEMPLATE_NAME,
+        extra={"note": "random adapters for tests (scripts/make_tiny_ensemble.py)"},
+    )
+    (partial / "ensemble.json").write_text(manifest.to_json())
     # Swap in the finished directory only once it is complete.
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)

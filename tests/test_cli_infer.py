@@ -177,3 +177,11 @@ def test_cli_and_python_api_give_identical_numbers(
     want = [q["labels"][int(p)] for q, p in zip(questions, s.prediction, strict=True)]
     assert [r["prediction"] for r in records] == want
     assert [r["id"] for r in records] == [q["id"] for q in questions]
+    # One record schema: infer's lines are, field by field, Scores.to_records of the same
+    # questions scored through the Python API.
+    by_api = ens.score_questions(questions, scoring, normalization="per_token")
+    assert by_api.scoring == scoring
+    assert by_api.to_records(members=True) == records
+    assert by_api.to_records() == [
+        {k: v for k, v in r.items() if k != "member_probs"} for r in records
+    ]

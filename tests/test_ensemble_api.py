@@ -28,7 +28,7 @@ def test_properties_and_repr(ens: lora_ens_rs.Ensemble, tiny_dir: Path) -> None:
     assert ens.n_members == 3
     assert ens.model_path == tiny_dir / "tiny-q8_0.gguf"
     assert ens.labels == ["A", "B", "C", "D", "E"]  # from ensemble.json
-    assert ens.manifest is not None and ens.manifest["prompt_template"] == "qa-v1"
+    assert ens.manifest is not None and ens.manifest.prompt_template == "qa-v1"
     assert ens.config["n_layer"] == 2
     assert [p.name for p in ens.member_paths] == ["m0", "m1", "m2"]
     text = repr(ens)
@@ -62,9 +62,10 @@ def test_records_and_json(ens: lora_ens_rs.Ensemble, tmp_path: Path) -> None:
         [["water", "trees", "the sky"], ["frozen water", "fire"]],
     )
     records = s.to_records(members=True)
-    assert records[1]["options"] == ["frozen water", "fire"]
+    assert records[1]["labels"] == ["frozen water", "fire"]
     assert len(records[1]["probs"]) == 2 and len(records[1]["member_probs"]) == 3
-    assert records[0]["prediction_label"] == records[0]["options"][records[0]["prediction"]]
+    assert records[0]["prediction"] == records[0]["labels"][records[0]["prediction_index"]]
+    assert records[0]["id"] == "0" and "answer" not in records[0]
     assert records[0]["probs"] == pytest.approx(s.probs[0, :3].tolist())
     out = tmp_path / "scores.json"
     text = s.to_json(out, members=True)

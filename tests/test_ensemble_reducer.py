@@ -57,27 +57,27 @@ def reference(logits: np.ndarray, valid: np.ndarray | None = None) -> dict[str, 
     }
 
 
-def check(logits: np.ndarray, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def check(logits: np.ndarray, valid: np.ndarray | None = None) -> _core.Reduced:
     got = _core.reduce(logits, valid)
     want = reference(logits, valid)
-    assert set(got) == set(want)
+    assert set(want) == {n for n in dir(got) if not n.startswith("_")}
     n = logits.shape[0]
     for name in FLOAT_FIELDS:
-        assert got[name].dtype == np.float32, name
-        assert got[name].shape == want[name].shape, name
-        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=TOL, err_msg=name)
+        assert getattr(got, name).dtype == np.float32, name
+        assert getattr(got, name).shape == want[name].shape, name
+        np.testing.assert_allclose(getattr(got, name), want[name], rtol=0, atol=TOL, err_msg=name)
     for name in ("prediction", "member_predictions"):
-        assert got[name].dtype == np.int64, name
-        assert got[name].shape == want[name].shape, name
+        assert getattr(got, name).dtype == np.int64, name
+        assert getattr(got, name).shape == want[name].shape, name
     # The indices are the argmax of the returned arrays (lowest index on ties), and they pick
     # a maximal entry of the reference (immune to float32 rounding in near-ties).
-    np.testing.assert_array_equal(got["prediction"], got["probs"].argmax(axis=-1))
-    np.testing.assert_array_equal(got["member_predictions"], got["member_probs"].argmax(axis=-1))
+    np.testing.assert_array_equal(got.prediction, got.probs.argmax(axis=-1))
+    np.testing.assert_array_equal(got.member_predictions, got.member_probs.argmax(axis=-1))
     rows = np.arange(n)
-    assert np.all(want["probs"][rows, got["prediction"]] >= want["confidence"] - TOL)
-    picked = np.take_along_axis(want["member_probs"], got["member_predictions"][..., None], -1)
+    assert np.all(want["probs"][rows, got.prediction] >= want["confidence"] - TOL)
+    picked = np.take_along_axis(want["member_probs"], got.member_predictions[..., None], -1)
     assert np.all(picked[..., 0] >= want["member_probs"].max(axis=-1) - TOL)
-    assert np.all(got["mutual_information"] >= 0)
+    assert np.all(got.mutual_information >= 0)
     return got
 
 
@@ -101,10 +101,10 @@ def test_per_question_option_counts(shape: tuple[int, int, int]) -> None:
     pad = np.broadcast_to(np.arange(k)[None, None, :] >= valid[:, None, None], shape)
     logits[pad] = np.nan
     got = check(logits, valid)
-    assert np.all(got["probs"][np.arange(k)[None, :] >= valid[:, None]] == 0)
+    assert np.all(got.probs[np.arange(k)[None, :] >= valid[:, None]] == 0)
     # A list works as well as an array.
     list_got = _core.reduce(logits, [int(v) for v in valid])
-    np.testing.assert_array_equal(list_got["probs"], got["probs"])
+    np.testing.assert_array_equal(list_got.probs, got.probs)
 
 
 def test_extreme_logits_stay_finite() -> None:
@@ -113,19 +113,19 @@ def test_extreme_logits_stay_finite() -> None:
     logits[..., 0] = rng.choice(np.array([-1e4, 1e4], dtype=np.float32), (40, 6))
     got = check(logits)
     for name in FLOAT_FIELDS:
-        assert np.all(np.isfinite(got[name])), name
+        assert np.all(np.isfinite(getattr(got, name))), name
     # A -inf logit is an impossible option.
-    assert np.all(got["member_probs"][np.isneginf(logits)] == 0)
+    assert np.all(got.member_probs[np.isneginf(logits)] == 0)
 
 
 def test_one_member_has_zero_mutual_information() -> None:
     rng = np.random.default_rng(1)
     logits = (2 * rng.standard_normal((30, 1, 4))).astype(np.float32)
     got = check(logits)
-    assert np.all(got["mutual_information"] == 0)
-    np.testing.assert_array_equal(got["entropy"], got["expected_entropy"])
-    np.testing.assert_array_equal(got["probs"], got["member_probs"][:, 0])
-    assert np.all(got["agreement"] == 1)
+    assert np.all(got.mutual_information == 0)
+    np.testing.assert_array_equal(got.entropy, got.expected_entropy)
+    np.testing.assert_array_equal(got.probs, got.member_probs[:, 0])
+    assert np.all(got.agreement == 1)
 
 
 def test_identical_members_equal_the_member() -> None:
@@ -133,24 +133,24 @@ def test_identical_members_equal_the_member() -> None:
     one = (2 * rng.standard_normal((20, 1, 5))).astype(np.float32)
     many = np.repeat(one, 7, axis=1)
     got_one, got_many = _core.reduce(one), check(many)
-    assert np.all(got_many["mutual_information"] == 0)
-    np.testing.assert_array_equal(got_many["probs"], got_one["probs"])
-    np.testing.assert_array_equal(got_many["entropy"], got_one["entropy"])
-    np.testing.assert_array_equal(got_many["prediction"], got_one["prediction"])
-    assert np.all(got_many["agreement"] == 1)
+    assert np.all(got_many.mutual_information == 0)
+    np.testing.assert_array_equal(got_many.probs, got_one.probs)
+    np.testing.assert_array_equal(got_many.entropy, got_one.entropy)
+    np.testing.assert_array_equal(got_many.prediction, got_one.prediction)
+    assert np.all(got_many.agreement == 1)
 
 
 def test_ties_pick_the_lowest_index() -> None:
     logits = np.array([[[0.0, 2.0, 2.0], [2.0, 0.0, 0.0]], [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]])
     got = check(logits.astype(np.float32))
-    np.testing.assert_array_equal(got["member_predictions"], [[1, 0], [0, 0]])
-    np.testing.assert_array_equal(got["prediction"], [0, 0])
+    np.testing.assert_array_equal(got.member_predictions, [[1, 0], [0, 0]])
+    np.testing.assert_array_equal(got.prediction, [0, 0])
 
 
 def test_float64_input_is_converted() -> None:
     logits = np.random.default_rng(3).standard_normal((4, 3, 2))
     np.testing.assert_array_equal(
-        _core.reduce(logits)["probs"], _core.reduce(logits.astype(np.float32))["probs"]
+        _core.reduce(logits).probs, _core.reduce(logits.astype(np.float32)).probs
     )
 
 

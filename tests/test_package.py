@@ -90,20 +90,71 @@ def stub_names() -> dict[str, ast.AST]:
     return names
 
 
+def stub_params(node: ast.FunctionDef) -> list[tuple[str, str | None]]:
+    """(name, default as source text or None) of a stub's parameters, ``self`` left out."""
+    args = node.args.args
+    defaults = [None] * (len(args) - len(node.args.defaults)) + [
+        ast.unparse(d) for d in node.args.defaults
+    ]
+    return [(a.arg, d) for a, d in zip(args, defaults, strict=True) if a.arg != "self"]
+
+
+def runtime_params(obj: object) -> list[tuple[str, str | None]]:
+    """(name, default as source text or None) of a compiled function's parameters."""
+    sig = inspect.signature(obj)  # type: ignore[arg-type]
+    return [
+        (p.name, None if p.default is inspect.Parameter.empty else repr(p.default))
+        for p in sig.parameters.values()
+        if p.name != "self"
+    ]
+
+
+#: Members every Python class has; a stub lists those a class defines itself.
+OBJECT_MEMBERS = set(dir(object)) - {"__repr__", "__str__", "__len__", "__init__"}
+
+
+def class_members(cls: type) -> set[str]:
+    """The public members a compiled class defines (its own and its compiled bases')."""
+    own = {m for m in dir(cls) if not m.startswith("__") or m in ("__repr__", "__str__", "__len__")}
+    return {m for m in own if m not in OBJECT_MEMBERS or m in vars(cls)}
+
+
 def test_stubs_match_the_compiled_module() -> None:
+    """Both ways: every public name of the module is in the stub and the reverse; each class
+    has exactly the stub's members (inherited from a stubbed base class included); each
+    function and method has the stub's parameters, in order, with the same defaults."""
     stubs = stub_names()
     public = {n for n in dir(_core) if not (n.startswith("__") and n != "__version__")}
     public.discard("_core")
-    assert set(stubs) == public
+    assert set(stubs) == public, (set(stubs) ^ public)
     for name, node in stubs.items():
         obj = getattr(_core, name)
         if isinstance(node, ast.ClassDef):
-            methods = {
-                n.name for n in node.body if isinstance(n, ast.FunctionDef) and n.name != "__init__"
+            declared = {
+                n.name: n
+                for n in node.body
+                if isinstance(n, ast.FunctionDef) and n.name != "__init__"
             }
-            have = {m for m in dir(obj) if not m.startswith("__") or m == "__repr__"}
-            assert methods <= have, (name, methods - have)
+            bases = [stubs[b.id] for b in node.bases if isinstance(b, ast.Name)]
+            for base in bases:
+                for n in base.body:  # type: ignore[attr-defined]
+                    if isinstance(n, ast.FunctionDef):
+                        declared.setdefault(n.name, n)
+            have = class_members(obj)
+            assert set(declared) == have, (name, set(declared) ^ have)
+            for member, fn in declared.items():
+                attr = inspect.getattr_static(obj, member)
+                if isinstance(attr, property) or type(attr).__name__ == "getset_descriptor":
+                    continue
+                if member.startswith("__"):
+                    continue
+                target = getattr(obj, member)
+                assert stub_params(fn) == runtime_params(target), (name, member)
+            init = next(
+                (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
+                None,
+            )
+            if init is not None:
+                assert stub_params(init) == runtime_params(obj), (name, "__init__")
         elif isinstance(node, ast.FunctionDef):
-            params = [a.arg for a in node.args.args]
-            sig = inspect.signature(obj)
-            assert params == list(sig.parameters), (name, params, list(sig.parameters))
+            assert stub_params(node) == runtime_params(obj), name

@@ -33,6 +33,7 @@ from lora_ens_rs.errors import (
     MissingFileError,
     ModelFetchError,
     ModelLoadError,
+    NumericalError,
     TokenizerError,
 )
 from lora_ens_rs.results import Generation, Scores
@@ -54,6 +55,7 @@ __all__ = [
     "MissingFileError",
     "ModelFetchError",
     "ModelLoadError",
+    "NumericalError",
     "Scores",
     "Tokenizer",
     "TokenizerError",

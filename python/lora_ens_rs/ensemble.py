@@ -12,8 +12,6 @@ Rust with the GIL released; results come back as NumPy arrays in :class:`Scores`
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from lora_ens_rs import _core
-from lora_ens_rs.errors import InputError
 from lora_ens_rs.results import Generation, Scores
 
 PathLike = str | os.PathLike[str]
@@ -107,11 +104,12 @@ class Ensemble:
         else:
             paths = [os.fspath(a) for a in adapters]
         self._core = _core.Ensemble(os.fspath(model), paths, device=device, threads=threads)
-        manifest = self._core.manifest_path
-        #: The first ``ensemble.json`` loaded (labels, template, training config), or None.
-        self.manifest: dict[str, Any] | None = (
-            json.loads(Path(manifest).read_text()) if manifest is not None else None
-        )
+
+    @property
+    def manifest(self) -> _core.EnsembleManifest | None:
+        """The first ``ensemble.json`` loaded (labels, template, scoring, training config),
+        as the engine read it, or None."""
+        return self._core.manifest
 
     @property
     def members(self) -> list[str]:
@@ -141,8 +139,9 @@ class Ensemble:
     @property
     def labels(self) -> list[str]:
         """Default labels for :meth:`score`: the manifest's, else A-E."""
-        if self.manifest and self.manifest.get("labels"):
-            return list(self.manifest["labels"])
+        manifest = self.manifest
+        if manifest is not None and manifest.labels:
+            return list(manifest.labels)
         return list(DEFAULT_LABELS)
 
     def score(
@@ -184,13 +183,12 @@ class Ensemble:
         """
         prompts = list(prompts)
         lists = _per_question(self.labels if labels is None else labels, len(prompts), "labels")
-        raw = self._core.score(
+        return self._core.score(
             prompts,
             lists,
             batch_size=batch_size,
             progress=_progress_callback(progress, "scoring"),
         )
-        return Scores.from_arrays(raw, lists, len(prompts), self.members or ["base"])
 
     def score_choices(
         self,
@@ -234,14 +232,13 @@ class Ensemble:
         """
         contexts = list(contexts)
         lists = _per_question(choices, len(contexts), "choices")
-        raw = self._core.score_choices(
+        return self._core.score_choices(
             contexts,
             lists,
             normalization=normalization,
             batch_size=batch_size,
             progress=_progress_callback(progress, "scoring"),
         )
-        return Scores.from_arrays(raw, lists, len(contexts), self.members or ["base"])
 
     def score_questions(
         self,
@@ -265,32 +262,27 @@ class Ensemble:
             progress: ``True`` for a progress bar on stderr, or a ``callback(done, total)``.
 
         Returns:
-            :class:`Scores` whose ``options`` are each question's labels.
+            :class:`Scores` whose ``options`` are each question's labels, with the questions'
+            ids and answers: ``to_records()`` gives the records ``lora-ens-rs infer`` writes.
+
+        Raises:
+            InputError: an unknown scoring or normalization, or a malformed question dict.
+            LabelError: a label or answer text with no tokens (the message names the question).
+
+        An explicit ``scoring`` / ``normalization`` that differs from the manifest's wins
+        (``Scores.scoring`` tells which was used).
         """
-        mode, norm = self.scoring_defaults()
-        mode = scoring or mode
-        norm = normalization or norm
-        labels = [list(q["labels"]) for q in questions]
-        if mode == "labels":
-            prompts = [
-                _core.label_prompt(q["question"], q["choices"], q["labels"]) for q in questions
-            ]
-            return self.score(prompts, labels, batch_size=batch_size, progress=progress)
-        if mode != "choices":
-            raise InputError(f"scoring must be 'labels' or 'choices', got {mode!r}")
-        s = self.score_choices(
-            [_core.choice_context(q["question"]) for q in questions],
-            [list(q["choices"]) for q in questions],
-            normalization=norm,
+        return self._core.score_questions(
+            list(questions),
+            scoring,
+            normalization,
             batch_size=batch_size,
-            progress=progress,
+            progress=_progress_callback(progress, "scoring"),
         )
-        return dataclasses.replace(s, options=labels)
 
     def scoring_defaults(self) -> tuple[str, str]:
         """(mode, normalization) from the manifest's ``scoring``, else ("choices", "per_token")."""
-        scoring = (self.manifest or {}).get("scoring") or {}
-        return scoring.get("mode", "choices"), scoring.get("normalization", "per_token")
+        return self._core.scoring_defaults()
 
     def generate(
         self,
@@ -323,7 +315,7 @@ class Ensemble:
             >>> g = ens.generate("The capital of France is", max_new_tokens=8)
             >>> g.text, g.mutual_information.max()
         """
-        raw = self._core.generate(
+        return self._core.generate(
             prompt,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -332,7 +324,6 @@ class Ensemble:
             stop=list(stop) if stop is not None else None,
             chat=chat,
         )
-        return Generation.from_dict(raw)
 
     def __repr__(self) -> str:
         c = self.config

@@ -44,6 +44,10 @@ class DataError(InputError):
     """A dataset file has a record that cannot be read (the message names file and line)."""
 
 
+class NumericalError(LoraEnsError, ArithmeticError):
+    """A computation produced a non-finite value (NaN or infinite logits), with where."""
+
+
 class ModelFetchError(LoraEnsError, RuntimeError):
     """The default model could not be downloaded or did not verify."""
 

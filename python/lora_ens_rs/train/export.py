@@ -167,17 +167,20 @@ def export_ensemble(
     config = adapter_config(
         stack, alpha=alpha, dropout=dropout, rslora=rslora, base_model=base_path
     )
-    manifest = {
-        "members": members,
-        "base_model": {"path": base_path, "sha256": base_sha256},
-        "labels": list(labels),
-        "prompt_template": lora_ens_rs.TEMPLATE_NAME,
-        "scoring": scoring,
-        "training": training,
-        "seeds": list(seeds),
-        "validation": validation,
-        "version": lora_ens_rs.__version__,
-    }
+    # The engine's typed manifest checks the values as a load would, and writes the JSON.
+    manifest = _core.EnsembleManifest(
+        members,
+        base_model_path=base_path,
+        base_model_sha256=base_sha256,
+        labels=list(labels),
+        prompt_template=lora_ens_rs.TEMPLATE_NAME,
+        scoring=scoring.get("mode"),
+        normalization=scoring.get("normalization"),
+        training=training,
+        seeds=list(seeds),
+        validation=validation,
+        version=lora_ens_rs.__version__,
+    )
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for m, name in enumerate(members):
             member_dir = tmp / name
@@ -188,5 +191,5 @@ def export_ensemble(
                 metadata={"format": "pt"},
             )
             (member_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(manifest.to_json())
     return Path(out)

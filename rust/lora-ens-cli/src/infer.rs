@@ -1,6 +1,6 @@
 //! `lora-ens-rs infer`: read multiple-choice questions (a file or stdin; CommonsenseQA /
 //! OpenBookQA / ARC JSONL, MMLU CSV or generic JSONL), score them with the ensemble and write
-//! one JSON line per question ([`crate::records`]), atomically when `--output` is a file
+//! one JSON line per question (the engine's [`lora_ens::questions::Record`]), atomically when `--output` is a file
 //! ([`crate::output`]). With answers in the input, a summary of the metrics goes to stderr.
 //! Test: `cargo test -p lora-ens-cli --test infer` and `pytest tests/test_cli_infer.py`.
 
@@ -10,46 +10,43 @@ use std::path::{Path, PathBuf};
 use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
 use lora_ens::data::{self, Format, Question};
-use lora_ens::ensemble::Ensemble;
-use lora_ens::lora::EnsembleManifest;
-use lora_ens::score::{Normalization, ScoreOptions, Scores};
-use lora_ens::{Error, Result, prompt};
-use serde_json::Value;
+use lora_ens::questions::{self, Scoring, ScoringSpec};
+use lora_ens::score::{Normalization, ScoreOptions};
+use lora_ens::{Error, Result};
 
 use crate::output::Output;
 use crate::progress::Progress;
-use crate::{Context, ModelArgs, records};
+use crate::{Context, ModelArgs};
 
-/// The name under which questions read from stdin appear in messages.
-pub const STDIN_NAME: &str = "<stdin>";
-
-/// How a question is scored.
+/// How a question is scored (the engine's [`Scoring`], as a command-line value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Scoring {
+pub enum ScoringArg {
     /// The lettered prompt (`A. ...`, `B. ...`, `Answer:`), scored on the label token.
     Labels,
     /// Each answer text as a continuation of `Question: ...\nAnswer:`.
     Choices,
 }
 
-impl Scoring {
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "labels" => Some(Scoring::Labels),
-            "choices" => Some(Scoring::Choices),
-            _ => None,
+impl From<ScoringArg> for Scoring {
+    fn from(a: ScoringArg) -> Self {
+        match a {
+            ScoringArg::Labels => Scoring::Labels,
+            ScoringArg::Choices => Scoring::Choices,
         }
     }
 }
 
-/// Arguments of `infer` (the output's keys are listed in [`crate::records`]).
+/// The name under which questions read from stdin appear in messages.
+pub const STDIN_NAME: &str = "<stdin>";
+
+/// Arguments of `infer` (the output's keys are [`lora_ens::questions::Record`]'s).
 #[derive(Debug, Clone, Args)]
 #[command(
     after_help = "Output: one JSON object per question and line, in input order: \
-    id, labels, probs, prediction, confidence, entropy, expected_entropy, mutual_information, \
-    agreement; answer and correct when the input has answers; member_probs with --members. \
-    With answers, `accuracy .. nll .. ece .. brier .. (N questions, M members)` is printed to \
-    stderr."
+    id, labels, probs, prediction, prediction_index, confidence, entropy, expected_entropy, \
+    mutual_information, agreement; answer and correct when the input has answers; member_probs \
+    with --members; schema_version (the README documents each field). With answers, \
+    `accuracy .. nll .. ece .. brier .. (N questions, M members)` is printed to stderr."
 )]
 pub struct InferArgs {
     /// Questions file (.jsonl or MMLU .csv); `-` or none: read stdin.
@@ -63,7 +60,7 @@ pub struct InferArgs {
     /// `labels`: score the label after a lettered prompt; `choices`: score each answer text.
     /// Default: the ensemble manifest's `scoring.mode`, else `choices`.
     #[arg(long, value_enum)]
-    pub scoring: Option<Scoring>,
+    pub scoring: Option<ScoringArg>,
     /// How `choices` scoring normalizes an answer's log-likelihood. Default: the ensemble
     /// manifest's `scoring.normalization`, else `per_token`.
     #[arg(long, value_parser = PossibleValuesParser::new(["sum", "per_token", "per_byte"]))]
@@ -108,8 +105,10 @@ pub fn run(args: &InferArgs, ctx: &Context) -> Result<()> {
         }
     };
     let ens = args.model.load(&device, ctx, &say)?;
-    let (scoring, norm) = scoring_of(&ens, args.scoring, args.normalization.as_deref())?;
-    check_tokens(&ens, &source, &questions, scoring)?;
+    let spec = scoring_spec(args, ens.manifest())?;
+    if let Some(note) = spec.overrides() {
+        say(&format!("note: {note} (ensemble.json)"));
+    }
 
     let bar = Progress::on_stderr("scoring", quiet);
     let report = |done: usize, total: usize| bar.update(done, total);
@@ -117,19 +116,49 @@ pub fn run(args: &InferArgs, ctx: &Context) -> Result<()> {
         batch_size: usize::try_from(args.batch_size).unwrap_or(usize::MAX),
         progress: Some(&report),
     };
-    let scores = score(&ens, &questions, scoring, norm, &opts)?;
+    let scores = ens
+        .score_questions(&questions, &spec, &opts)
+        .map_err(|e| name_source(e, &source))?;
     bar.finish();
 
-    let metrics = records::metrics(&questions, &scores)?;
-    for (i, q) in questions.iter().enumerate() {
-        let line = records::to_line(&records::record(q, &scores, i, args.members))?;
-        output.write_line(&line)?;
+    let metrics = scores.metrics()?;
+    for i in 0..scores.len() {
+        output.write_line(&scores.record(i, args.members).to_json()?)?;
     }
     output.commit()?;
     if let Some(m) = metrics {
-        say(&records::summary(&m, scores.reduced.n_members));
+        say(&questions::summary(&m, scores.scores.reduced.n_members));
     }
     Ok(())
+}
+
+/// The scoring spec of `args`: the flags, else the ensemble manifest's, else the defaults.
+pub fn scoring_spec(
+    args: &InferArgs,
+    manifest: Option<&lora_ens::lora::EnsembleManifest>,
+) -> Result<ScoringSpec> {
+    let norm = args
+        .normalization
+        .as_deref()
+        .map(Normalization::from_name)
+        .transpose()?;
+    Ok(ScoringSpec::resolve(
+        args.scoring.map(Scoring::from),
+        norm,
+        manifest,
+    ))
+}
+
+/// A question the engine refused, named with the file it came from.
+fn name_source(e: Error, source: &Path) -> Error {
+    match e {
+        Error::Label(reason) | Error::Input(reason) => Error::Data {
+            path: source.to_path_buf(),
+            line: 0,
+            reason,
+        },
+        other => other,
+    }
 }
 
 /// The questions of `input` (a file; `-` or `None`: stdin) and the name to report them by.
@@ -156,120 +185,6 @@ pub fn read_input(
             })?;
             let questions = data::parse_questions(&text, &source, format, limit)?;
             Ok((source, questions))
-        }
-    }
-}
-
-/// The scoring mode and normalization: the flags, else the first ensemble manifest's
-/// `"scoring": {"mode": ..., "normalization": ...}`, else `choices` and `per_token`.
-pub fn scoring_of(
-    ens: &Ensemble,
-    mode: Option<Scoring>,
-    normalization: Option<&str>,
-) -> Result<(Scoring, Normalization)> {
-    let (manifest_mode, manifest_norm) = match ens.manifest() {
-        Some(m) => manifest_scoring(m)?,
-        None => (None, None),
-    };
-    let norm = match normalization {
-        Some(name) => Normalization::from_name(name)?,
-        None => manifest_norm.unwrap_or(Normalization::PerToken),
-    };
-    Ok((mode.or(manifest_mode).unwrap_or(Scoring::Choices), norm))
-}
-
-/// The `scoring` entry of a manifest, checked.
-fn manifest_scoring(m: &EnsembleManifest) -> Result<(Option<Scoring>, Option<Normalization>)> {
-    let bad = |reason: String| Error::Adapter {
-        path: m.path.clone(),
-        reason,
-    };
-    let scoring = match m.extra.get("scoring") {
-        None | Some(Value::Null) => return Ok((None, None)),
-        Some(Value::Object(o)) => o,
-        Some(v) => return Err(bad(format!("`scoring` must be an object, got {v}"))),
-    };
-    let mode = match scoring.get("mode") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(Scoring::from_name(s).ok_or_else(|| {
-            bad(format!(
-                "`scoring.mode` must be \"labels\" or \"choices\", got {s:?}"
-            ))
-        })?),
-        Some(v) => return Err(bad(format!("`scoring.mode` must be a string, got {v}"))),
-    };
-    let norm = match scoring.get("normalization") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(
-            Normalization::from_name(s)
-                .map_err(|e| bad(format!("`scoring.normalization`: {e}")))?,
-        ),
-        Some(v) => {
-            return Err(bad(format!(
-                "`scoring.normalization` must be a string, got {v}"
-            )));
-        }
-    };
-    Ok((mode, norm))
-}
-
-/// Refuse, naming the question, a label or answer text the tokenizer turns into no tokens.
-fn check_tokens(
-    ens: &Ensemble,
-    source: &Path,
-    questions: &[Question],
-    scoring: Scoring,
-) -> Result<()> {
-    let tok = ens.tokenizer();
-    for q in questions {
-        let (what, options, continuation): (&str, &[String], fn(&str) -> String) = match scoring {
-            Scoring::Labels => ("label", &q.labels, prompt::label_continuation),
-            Scoring::Choices => ("choice", &q.choices, prompt::choice_continuation),
-        };
-        for text in options {
-            if text.trim().is_empty() || tok.encode(&continuation(text), false)?.is_empty() {
-                return Err(Error::Data {
-                    path: source.to_path_buf(),
-                    line: 0,
-                    reason: format!(
-                        "question {}: {what} {text:?} has no tokens in the model's vocabulary",
-                        q.id
-                    ),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Score `questions` as `scoring` says; this is exactly [`Ensemble::score`] on
-/// [`prompt::label_prompt`]s, or [`Ensemble::score_choices`] on [`prompt::choice_context`]s.
-pub fn score(
-    ens: &Ensemble,
-    questions: &[Question],
-    scoring: Scoring,
-    norm: Normalization,
-    opts: &ScoreOptions<'_>,
-) -> Result<Scores> {
-    match scoring {
-        Scoring::Labels => {
-            let prompts = questions
-                .iter()
-                .map(|q| {
-                    prompt::label_prompt(&q.question, &q.choices, &q.labels)
-                        .map_err(|e| Error::Input(format!("question {}: {e}", q.id)))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let labels: Vec<Vec<String>> = questions.iter().map(|q| q.labels.clone()).collect();
-            ens.score(&prompts, &labels, opts)
-        }
-        Scoring::Choices => {
-            let contexts: Vec<String> = questions
-                .iter()
-                .map(|q| prompt::choice_context(&q.question))
-                .collect();
-            let choices: Vec<Vec<String>> = questions.iter().map(|q| q.choices.clone()).collect();
-            ens.score_choices(&contexts, &choices, norm, opts)
         }
     }
 }

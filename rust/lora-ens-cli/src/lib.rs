@@ -8,7 +8,6 @@ pub mod generate;
 pub mod infer;
 pub mod output;
 pub mod progress;
-pub mod records;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -114,3 +114,53 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_questions, m)?)?;
     Ok(())
 }
+
+/// The engine's `Question` from a dict as `read_questions` returns it (`question`, `choices`;
+/// optional `id` (default: the position `i`), `labels` (default `A`, `B`, ...), `answer`
+/// (index) and `subject`). A malformed dict is an `InputError` naming the question and key.
+pub(crate) fn question_of(q: &Bound<'_, PyAny>, i: usize) -> PyResult<Question> {
+    let bad = |what: String| {
+        crate::error::to_pyerr(lora_ens::Error::Input(format!("question {i}: {what}")))
+    };
+    let dict = q
+        .cast::<PyDict>()
+        .map_err(|_| bad("expected a dict".to_owned()))?;
+    fn get<'py, T: FromPyObjectOwned<'py>>(
+        d: &Bound<'py, PyDict>,
+        key: &str,
+        bad: &dyn Fn(String) -> PyErr,
+    ) -> PyResult<Option<T>> {
+        match d.get_item(key)? {
+            None => Ok(None),
+            Some(v) if v.is_none() => Ok(None),
+            Some(v) => v
+                .extract::<T>()
+                .map(Some)
+                .map_err(|_| bad(format!("`{key}` has the wrong type ({})", v.get_type()))),
+        }
+    }
+    let question: String =
+        get(dict, "question", &bad)?.ok_or_else(|| bad("`question` is missing".to_owned()))?;
+    let choices: Vec<String> =
+        get(dict, "choices", &bad)?.ok_or_else(|| bad("`choices` is missing".to_owned()))?;
+    let labels: Vec<String> = match get(dict, "labels", &bad)? {
+        Some(l) => l,
+        None => lora_ens::data::default_labels(choices.len()).map_err(&bad)?,
+    };
+    lora_ens::data::check_choices(&choices, &labels).map_err(&bad)?;
+    let answer: Option<usize> = get(dict, "answer", &bad)?;
+    if let Some(a) = answer.filter(|&a| a >= choices.len()) {
+        return Err(bad(format!(
+            "`answer` {a} is out of range for {} choices",
+            choices.len()
+        )));
+    }
+    Ok(Question {
+        id: get(dict, "id", &bad)?.unwrap_or_else(|| i.to_string()),
+        question,
+        choices,
+        labels,
+        answer,
+        subject: get(dict, "subject", &bad)?,
+    })
+}

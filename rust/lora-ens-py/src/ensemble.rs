@@ -5,15 +5,18 @@
 
 use std::path::PathBuf;
 
+use lora_ens::data::Question;
 use lora_ens::generate::GenerateOptions;
+use lora_ens::questions::{QuestionScores, Scoring, ScoringSpec};
 use lora_ens::score::{Normalization, ScoreOptions};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::data::question_of;
 use crate::error::call;
-use crate::generate::generation_dict;
+use crate::generate::Generation;
 use crate::model::config_dict;
-use crate::score::scores_dict;
+use crate::score::Scores;
 
 /// A GGUF base model with M PEFT LoRA members run in one batched pass.
 ///
@@ -51,6 +54,18 @@ fn with_options<T>(
     })
 }
 
+impl Ensemble {
+    /// The members' names for results: `["base"]` for the base model alone.
+    fn member_labels(&self) -> Vec<String> {
+        let names = self.inner.member_names();
+        if names.is_empty() {
+            vec!["base".to_owned()]
+        } else {
+            names
+        }
+    }
+}
+
 #[pymethods]
 impl Ensemble {
     #[new]
@@ -73,20 +88,27 @@ impl Ensemble {
         Ok(Self { inner })
     }
 
-    /// Score prompts over label tokens (see ``lora_ens_rs.Ensemble.score``); a dict of arrays.
+    /// Score prompts over label tokens (see ``lora_ens_rs.Ensemble.score``).
     #[pyo3(signature = (prompts, labels, batch_size=16, progress=None))]
-    fn score<'py>(
+    fn score(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         prompts: Vec<String>,
         labels: Vec<Vec<String>>,
         batch_size: usize,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Py<Scores>> {
         let s = with_options(batch_size, progress, |opts| {
-            call(py, || self.inner.score(&prompts, &labels, opts))
+            call(py, || {
+                let s = self.inner.score(&prompts, &labels, opts)?;
+                let spec = ScoringSpec {
+                    mode: Scoring::Labels,
+                    ..ScoringSpec::default()
+                };
+                QuestionScores::from_scores(s, spec, &labels)
+            })
         })?;
-        scores_dict(py, s)
+        Scores::into_py(py, s, self.member_labels())
     }
 
     /// Score answer texts as continuations (see ``lora_ens_rs.Ensemble.score_choices``).
@@ -99,22 +121,62 @@ impl Ensemble {
         normalization: &str,
         batch_size: usize,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Py<Scores>> {
         let s = with_options(batch_size, progress, |opts| {
             call(py, || {
                 let norm = Normalization::from_name(normalization)?;
-                self.inner.score_choices(&contexts, &choices, norm, opts)
+                let s = self.inner.score_choices(&contexts, &choices, norm, opts)?;
+                let spec = ScoringSpec {
+                    normalization: norm,
+                    ..ScoringSpec::default()
+                };
+                QuestionScores::from_scores(s, spec, &choices)
             })
         })?;
-        scores_dict(py, s)
+        Scores::into_py(py, s, self.member_labels())
+    }
+
+    /// Score dataset questions (see ``lora_ens_rs.Ensemble.score_questions``): the scoring
+    /// resolved from the arguments, else the ensemble manifest, else choices / per_token.
+    #[pyo3(signature = (questions, scoring=None, normalization=None, batch_size=16, progress=None))]
+    fn score_questions(
+        &self,
+        py: Python<'_>,
+        questions: Vec<Bound<'_, PyAny>>,
+        scoring: Option<&str>,
+        normalization: Option<&str>,
+        batch_size: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Scores>> {
+        let questions: Vec<Question> = questions
+            .iter()
+            .enumerate()
+            .map(|(i, q)| question_of(q, i))
+            .collect::<PyResult<_>>()?;
+        let s = with_options(batch_size, progress, |opts| {
+            call(py, || {
+                let mode = scoring.map(Scoring::from_name).transpose()?;
+                let norm = normalization.map(Normalization::from_name).transpose()?;
+                let spec = ScoringSpec::resolve(mode, norm, self.inner.manifest());
+                self.inner.score_questions(&questions, &spec, opts)
+            })
+        })?;
+        Scores::into_py(py, s, self.member_labels())
+    }
+
+    /// (mode, normalization) this ensemble scores with when a call names neither: its
+    /// manifest's ``scoring``, else ``("choices", "per_token")``.
+    fn scoring_defaults(&self) -> (&'static str, &'static str) {
+        let spec = ScoringSpec::resolve(None, None, self.inner.manifest());
+        (spec.mode.name(), spec.normalization.name())
     }
 
     /// Generate with the members' averaged next-token distribution; a dict.
     #[pyo3(signature = (prompt, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, stop=None, chat=false))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
-    fn generate<'py>(
+    fn generate(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         prompt: String,
         max_new_tokens: usize,
         temperature: f32,
@@ -122,7 +184,7 @@ impl Ensemble {
         seed: u64,
         stop: Option<Vec<String>>,
         chat: bool,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Generation> {
         let opts = GenerateOptions {
             max_new_tokens,
             temperature,
@@ -131,7 +193,7 @@ impl Ensemble {
             stop: stop.unwrap_or_default(),
         };
         let g = call(py, || self.inner.generate(&prompt, chat, &opts))?;
-        generation_dict(py, g)
+        Ok(Generation::new(py, g))
     }
 
     /// The members' names (their directory names), in order.
@@ -160,6 +222,15 @@ impl Ensemble {
     #[getter]
     fn manifest_path(&self) -> Option<PathBuf> {
         self.inner.manifest().map(|m| m.path.clone())
+    }
+
+    /// The first ``ensemble.json`` loaded (typed), or ``None``.
+    #[getter]
+    fn manifest(&self) -> Option<crate::lora::EnsembleManifest> {
+        self.inner
+            .manifest()
+            .cloned()
+            .map(crate::lora::EnsembleManifest::from)
     }
 
     /// The base model's hyper-parameters as a dict.

@@ -9,7 +9,25 @@ use lora_ens::Error;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-/// The Python exception class name for an engine error: one exhaustive match.
+/// Every exception class this module raises, in one list: `_core._ERROR_CLASSES` exposes it
+/// and `lora_ens_rs/errors.py` checks at import that it defines each one.
+pub const ERROR_CLASSES: [&str; 12] = [
+    "MissingFileError",
+    "LoraEnsIOError",
+    "ModelLoadError",
+    "TokenizerError",
+    "LabelError",
+    "AdapterError",
+    "InputError",
+    "DataError",
+    "NumericalError",
+    "ModelFetchError",
+    "DeviceError",
+    "EngineError",
+];
+
+/// The Python exception class name for an engine error: one exhaustive match, whose every
+/// arm is checked to be in [`ERROR_CLASSES`] by a test.
 fn class_name(err: &Error) -> &'static str {
     match err {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -25,6 +43,7 @@ fn class_name(err: &Error) -> &'static str {
         Error::Adapter { .. } => "AdapterError",
         Error::Input(_) => "InputError",
         Error::Data { .. } => "DataError",
+        Error::Numerical(_) => "NumericalError",
         Error::ModelFetch(_) => "ModelFetchError",
         Error::Device(_) => "DeviceError",
         Error::Candle(_) => "EngineError",
@@ -76,19 +95,5 @@ where
 
 /// The class names this module raises, checked at import against `errors.py`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add(
-        "_ERROR_CLASSES",
-        vec![
-            "MissingFileError",
-            "LoraEnsIOError",
-            "ModelLoadError",
-            "TokenizerError",
-            "LabelError",
-            "AdapterError",
-            "InputError",
-            "ModelFetchError",
-            "DeviceError",
-            "EngineError",
-        ],
-    )
+    m.add("_ERROR_CLASSES", ERROR_CLASSES.to_vec())
 }

@@ -11,6 +11,7 @@ mod ensemble;
 mod error;
 mod generate;
 mod lora;
+mod metrics;
 mod model;
 mod prompt;
 mod reduce;
@@ -30,5 +31,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     data::register(m)?;
     prompt::register(m)?;
     ensemble::register(m)?;
+    score::register(m)?;
+    generate::register(m)?;
+    metrics::register(m)?;
     Ok(())
 }

@@ -152,7 +152,13 @@ fn load_adapters(
 ) -> PyResult<Vec<LoraAdapter>> {
     let base = model.llama_config().clone();
     let adapters = call(py, || {
-        engine::load_adapters(&paths, &base, base_sha256.as_deref())
+        if paths.is_empty() {
+            return Err(lora_ens::Error::Input("no adapter paths given".to_owned()));
+        }
+        let sha = || Ok(base_sha256.clone().unwrap_or_default());
+        let check: Option<&dyn Fn() -> lora_ens::Result<String>> =
+            base_sha256.is_some().then_some(&sha);
+        engine::load_adapters(&paths, &base, check).map(|(adapters, _)| adapters)
     })?;
     Ok(adapters
         .into_iter()
@@ -160,7 +166,197 @@ fn load_adapters(
         .collect())
 }
 
+/// An ensemble's ``ensemble.json``, typed: what the engine reads and training writes.
+///
+/// Build one to write it (``to_json``); the values are checked as a loaded manifest is
+/// (known prompt template, scoring names, sha256 form).
+///
+/// Args:
+///     members: member adapter directories, relative to the manifest's directory.
+///     base_model_path, base_model_sha256: the base model the members were trained on.
+///     labels: the option labels (the default labels of label scoring).
+///     prompt_template: the template's name (``TEMPLATE_NAME``).
+///     scoring, normalization: how the members were trained to be scored.
+///     training: the full training configuration (any JSON value).
+///     seeds: each member's seed.
+///     validation: validation metrics (any JSON value).
+///     version: the package version that wrote it.
+///     extra: other top-level keys to keep.
+///
+/// Example:
+///     >>> m = EnsembleManifest(["m0", "m1"], prompt_template="qa-v1", scoring="choices")
+///     >>> m.scoring, m.members
+///     ('choices', ['m0', 'm1'])
+#[pyclass(module = "lora_ens_rs._core", frozen)]
+pub struct EnsembleManifest {
+    inner: engine::EnsembleManifest,
+}
+
+impl From<engine::EnsembleManifest> for EnsembleManifest {
+    fn from(inner: engine::EnsembleManifest) -> Self {
+        Self { inner }
+    }
+}
+
+/// A Python object as JSON text, through the `json` module.
+fn json_of(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    let text: String = py
+        .import("json")?
+        .call_method1("dumps", (value,))?
+        .extract()?;
+    serde_json::from_str(&text).map_err(|e| crate::error::to_pyerr(Error::Input(e.to_string())))
+}
+
+/// A JSON value as a Python object, through the `json` module.
+fn py_of<'py>(py: Python<'py>, value: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?
+        .call_method1("loads", (value.to_string(),))
+}
+
+#[pymethods]
+impl EnsembleManifest {
+    #[new]
+    #[pyo3(signature = (members, base_model_path=None, base_model_sha256=None, labels=None,
+        prompt_template=None, scoring=None, normalization=None, training=None, seeds=None,
+        validation=None, version=None, extra=None))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
+    fn new(
+        py: Python<'_>,
+        members: Vec<String>,
+        base_model_path: Option<String>,
+        base_model_sha256: Option<String>,
+        labels: Option<Vec<String>>,
+        prompt_template: Option<String>,
+        scoring: Option<String>,
+        normalization: Option<String>,
+        training: Option<Bound<'_, PyAny>>,
+        seeds: Option<Vec<u64>>,
+        validation: Option<Bound<'_, PyAny>>,
+        version: Option<String>,
+        extra: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let opaque = |v: Option<Bound<'_, PyAny>>| v.map(|v| json_of(py, &v)).transpose();
+        let mut value = serde_json::json!({
+            "members": members,
+            "base_model": {"path": base_model_path, "sha256": base_model_sha256},
+            "labels": labels,
+            "prompt_template": prompt_template,
+            "scoring": {"mode": scoring, "normalization": normalization},
+            "training": opaque(training)?,
+            "seeds": seeds,
+            "validation": opaque(validation)?,
+            "version": version,
+        });
+        if let (Some(serde_json::Value::Object(more)), serde_json::Value::Object(o)) =
+            (opaque(extra)?, &mut value)
+        {
+            for (k, v) in more {
+                o.entry(k).or_insert(v);
+            }
+        }
+        let text = value.to_string();
+        let inner = call(py, || {
+            engine::EnsembleManifest::from_json(&text, std::path::Path::new(engine::MANIFEST_FILE))
+        })?;
+        Ok(Self { inner })
+    }
+
+    /// Read ``path``: an ensemble directory or its ``ensemble.json``.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        call(py, || engine::EnsembleManifest::load(&path)).map(Self::from)
+    }
+
+    /// The ``ensemble.json`` file it was read from (``ensemble.json`` when built in memory).
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.path.clone()
+    }
+    /// Member directories as written in the manifest.
+    #[getter]
+    fn members(&self) -> Vec<String> {
+        self.inner.member_entries.clone()
+    }
+    /// Member directories resolved against the manifest's directory.
+    #[getter]
+    fn member_paths(&self) -> Vec<PathBuf> {
+        self.inner.members.clone()
+    }
+    #[getter]
+    fn base_model_path(&self) -> Option<String> {
+        self.inner.base_model_path.clone()
+    }
+    #[getter]
+    fn base_model_sha256(&self) -> Option<String> {
+        self.inner.base_model_sha256.clone()
+    }
+    #[getter]
+    fn labels(&self) -> Option<Vec<String>> {
+        self.inner.labels.clone()
+    }
+    #[getter]
+    fn prompt_template(&self) -> Option<String> {
+        self.inner.prompt_template.clone()
+    }
+    /// ``"labels"``, ``"choices"`` or None.
+    #[getter]
+    fn scoring(&self) -> Option<&'static str> {
+        self.inner.scoring.and_then(|s| s.mode).map(|m| m.name())
+    }
+    /// ``"sum"``, ``"per_token"``, ``"per_byte"`` or None.
+    #[getter]
+    fn normalization(&self) -> Option<&'static str> {
+        self.inner
+            .scoring
+            .and_then(|s| s.normalization)
+            .map(|n| n.name())
+    }
+    #[getter]
+    fn training<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.inner
+            .training
+            .as_ref()
+            .map(|v| py_of(py, v))
+            .transpose()
+    }
+    #[getter]
+    fn seeds(&self) -> Option<Vec<u64>> {
+        self.inner.seeds.clone()
+    }
+    #[getter]
+    fn validation<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.inner
+            .validation
+            .as_ref()
+            .map(|v| py_of(py, v))
+            .transpose()
+    }
+    #[getter]
+    fn version(&self) -> Option<String> {
+        self.inner.version.clone()
+    }
+
+    /// The manifest as indented JSON text, as written to ``ensemble.json``.
+    fn to_json(&self) -> String {
+        self.inner.to_json()
+    }
+
+    /// The manifest as a dict (the JSON object).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py_of(py, &self.inner.to_value())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "EnsembleManifest(members={:?}, scoring={:?})",
+            self.inner.member_entries,
+            self.scoring()
+        )
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoraAdapter>()?;
+    m.add_class::<EnsembleManifest>()?;
     m.add_function(wrap_pyfunction!(load_adapters, m)?)
 }

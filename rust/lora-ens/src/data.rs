@@ -240,7 +240,21 @@ fn data_error(source: &Path, line: usize, reason: impl Into<String>) -> Error {
 
 /// Checks shared by every format: at least one choice, no blank choice text, one non-empty
 /// label per choice, no label twice.
-fn check_choices(choices: &[String], labels: &[String]) -> std::result::Result<(), String> {
+/// The labels `A`, `B`, ... of a question with `n` choices that names none (at most 26).
+pub fn default_labels(n: usize) -> std::result::Result<Vec<String>, String> {
+    if n > 26 {
+        return Err(format!(
+            "{n} choices but default labels go only from A to Z: give `labels`"
+        ));
+    }
+    Ok((b'A'..=b'Z')
+        .take(n)
+        .map(|b| char::from(b).to_string())
+        .collect())
+}
+
+/// Checks a question's choices and labels: one non-empty, distinct label per choice.
+pub fn check_choices(choices: &[String], labels: &[String]) -> std::result::Result<(), String> {
     if choices.is_empty() {
         return Err("no choices".into());
     }
@@ -257,10 +271,10 @@ fn check_choices(choices: &[String], labels: &[String]) -> std::result::Result<(
     if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
         return Err(format!("empty label for choice {i}"));
     }
-    for (i, label) in labels.iter().enumerate() {
-        if labels[..i].contains(label) {
-            return Err(format!("duplicate label {label:?}"));
-        }
+    // A set, not a scan of the labels before each one: linear in the number of choices.
+    let mut seen = std::collections::HashSet::with_capacity(labels.len());
+    if let Some(label) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+        return Err(format!("duplicate label {label:?}"));
     }
     Ok(())
 }

@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use crate::chat::{self, Message};
+use crate::data::Question;
 use crate::generate::{self, GenerateOptions, Generation};
 use crate::gguf::GgufFile;
-use crate::lora::{EnsembleManifest, LoraAdapter, is_ensemble};
+use crate::lora::{EnsembleManifest, LoraAdapter, load_adapters};
 use crate::model::{Llama, LlamaConfig};
 use crate::multi_lora::MultiLora;
+use crate::questions::{self, QuestionScores, Scoring, ScoringSpec};
 use crate::score::{Normalization, ScoreOptions, Scorer, Scores};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, default_model, prompt};
@@ -81,7 +83,8 @@ impl Ensemble {
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let llama = Llama::load(&mut gguf, device)?;
         drop(gguf);
-        let (members, manifest) = load_members(&model_path, adapters, llama.config())?;
+        let sha = || default_model::sha256_file(&model_path);
+        let (members, manifest) = load_adapters(adapters, llama.config(), Some(&sha))?;
         let lora = if members.is_empty() {
             None
         } else {
@@ -196,6 +199,71 @@ impl Ensemble {
         })
     }
 
+    /// Score dataset questions with the shared prompt template ([`crate::prompt`]): in
+    /// `labels` mode the lettered prompt over the labels, in `choices` mode each answer text
+    /// after the question. Each label or answer text must have tokens in the vocabulary; the
+    /// error names the question. The result carries the ids, labels and answers for
+    /// [`QuestionScores::records`] and [`QuestionScores::metrics`].
+    ///
+    /// ```
+    /// use lora_ens::ensemble::Ensemble;
+    /// use lora_ens::questions::ScoringSpec;
+    /// # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    /// let ens = Ensemble::load(dir.join("tiny-q8_0.gguf"), &[dir.join("ensemble")], &candle_core::Device::Cpu)?;
+    /// let text = r#"{"id": "q1", "question": "Ice is", "choices": ["cold", "hot"], "answer": 0}"#;
+    /// let qs = lora_ens::data::parse_questions(text, "inline.jsonl".as_ref(), None, None)?;
+    /// let spec = ScoringSpec::resolve(None, None, ens.manifest());
+    /// let s = ens.score_questions(&qs, &spec, &Default::default())?;
+    /// let record = s.record(0, false);
+    /// assert_eq!((record.id.as_str(), record.labels.len()), ("q1", 2));
+    /// assert_eq!(s.metrics()?.unwrap().n, 1);
+    /// # Ok::<(), lora_ens::Error>(())
+    /// ```
+    pub fn score_questions(
+        &self,
+        questions: &[Question],
+        spec: &ScoringSpec,
+        opts: &ScoreOptions<'_>,
+    ) -> Result<QuestionScores> {
+        self.check_tokens(questions, spec.mode)?;
+        let (texts, options) = questions::layout(questions, spec.mode)?;
+        let scores = match spec.mode {
+            Scoring::Labels => self.score(&texts, &options, opts)?,
+            Scoring::Choices => self.score_choices(&texts, &options, spec.normalization, opts)?,
+        };
+        Ok(QuestionScores {
+            scores,
+            spec: *spec,
+            ids: questions.iter().map(|q| q.id.clone()).collect(),
+            labels: questions.iter().map(|q| q.labels.clone()).collect(),
+            answers: questions.iter().map(|q| q.answer).collect(),
+        })
+    }
+
+    /// Refuse, naming the question, a label or answer text the tokenizer turns into no tokens.
+    fn check_tokens(&self, questions: &[Question], mode: Scoring) -> Result<()> {
+        for q in questions {
+            let (what, options, continuation): (&str, &[String], fn(&str) -> String) = match mode {
+                Scoring::Labels => ("label", &q.labels, prompt::label_continuation),
+                Scoring::Choices => ("choice", &q.choices, prompt::choice_continuation),
+            };
+            for text in options {
+                if text.trim().is_empty()
+                    || self
+                        .tokenizer
+                        .encode(&continuation(text), false)?
+                        .is_empty()
+                {
+                    return Err(Error::Label(format!(
+                        "question {}: {what} {text:?} has no tokens in the model's vocabulary",
+                        q.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Generate a continuation of `prompt` with the members' averaged next-token
     /// distribution. With `chat`, the prompt is a user message rendered with the model's
     /// chat template.
@@ -288,32 +356,4 @@ fn per_prompt<'a>(n: usize, lists: &'a [Vec<String>], what: &str) -> Result<Vec<
             "{len} lists of {what} for {n} prompts: give one list per prompt, or one for all"
         ))),
     }
-}
-
-/// The members of `paths` (adapter or ensemble directories), and the first manifest.
-fn load_members(
-    model: &Path,
-    paths: &[impl AsRef<Path>],
-    config: &LlamaConfig,
-) -> Result<(Vec<LoraAdapter>, Option<EnsembleManifest>)> {
-    let mut members = Vec::new();
-    let mut first = None;
-    let mut model_sha = None;
-    for path in paths {
-        let path = path.as_ref();
-        if is_ensemble(path) {
-            let manifest = EnsembleManifest::load(path)?;
-            if manifest.base_model_sha256.is_some() {
-                if model_sha.is_none() {
-                    model_sha = Some(default_model::sha256_file(model)?);
-                }
-                manifest.check_base(model_sha.as_deref().expect("computed above"))?;
-            }
-            members.extend(manifest.load_members(config)?);
-            first.get_or_insert(manifest);
-        } else {
-            members.push(LoraAdapter::load(path, config)?);
-        }
-    }
-    Ok((members, first))
 }

@@ -62,6 +62,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// A computation produced a value that is not finite (NaN or infinite logits), naming
+    /// where: a model or adapter with non-finite weights, or a numerical overflow.
+    #[error("numerical error: {0}")]
+    Numerical(String),
+
     /// The default model could not be downloaded or did not verify.
     #[error("default model: {0}")]
     ModelFetch(String),

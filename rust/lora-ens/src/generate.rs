@@ -95,7 +95,8 @@ pub struct Generation {
     pub entropy: Vec<f32>,
     /// Per token: the members' mean entropy.
     pub expected_entropy: Vec<f32>,
-    /// Per token: `entropy - expected_entropy`, the members' disagreement.
+    /// Per token: the members' disagreement, mean KL(member || mixture) (= `entropy -
+    /// expected_entropy` in exact arithmetic, without its cancellation).
     pub mutual_information: Vec<f32>,
     pub finish_reason: FinishReason,
 }
@@ -123,47 +124,43 @@ struct Step {
     mixture: Vec<f64>,
     entropy: f64,
     expected_entropy: f64,
+    mutual_information: f64,
 }
 
-/// Softmax of each member's `(M, 1, vocab)` logits, their mean, and the entropies (in f64).
+/// Softmax of each member's `(M, 1, vocab)` logits and the reducer's mixture and
+/// uncertainty over them ([`crate::reduce`]'s form: MI as the members' mean KL to the
+/// mixture, so members that nearly agree give a small MI, not a cancellation), in f64.
 fn mix(logits: &Tensor) -> Result<Step> {
     let rows = logits.squeeze(1)?.to_vec2::<f32>()?; // (M, vocab)
     let m = rows.len();
     let vocab = rows[0].len();
-    let mut mixture = vec![0f64; vocab];
-    let mut expected_entropy = 0.0;
+    let mut probs = Vec::with_capacity(m * vocab); // (M, vocab)
     for (member, row) in rows.iter().enumerate() {
         if let Some(j) = row.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Input(format!(
-                "member {member} produced a non-finite logit ({}) for token {j}",
+            return Err(Error::Numerical(format!(
+                "member {member} produced a non-finite logit ({}) for token {j}: the model \
+                 or the adapter holds non-finite weights, or the activations overflowed",
                 row[j]
             )));
         }
         let max = row
             .iter()
             .fold(f64::NEG_INFINITY, |a, &x| a.max(f64::from(x)));
-        let sum: f64 = row.iter().map(|&x| (f64::from(x) - max).exp()).sum();
-        let log_sum = sum.ln();
-        let mut h = 0.0;
-        for (acc, &x) in mixture.iter_mut().zip(row) {
-            let lp = f64::from(x) - max - log_sum;
-            let p = lp.exp();
-            *acc += p / m as f64;
-            if p > 0.0 {
-                h -= p * lp;
-            }
-        }
-        expected_entropy += h / m as f64;
+        let log_sum = row
+            .iter()
+            .map(|&x| (f64::from(x) - max).exp())
+            .sum::<f64>()
+            .ln();
+        probs.extend(row.iter().map(|&x| (f64::from(x) - max - log_sum).exp()));
     }
-    let entropy = -mixture
-        .iter()
-        .filter(|&&p| p > 0.0)
-        .map(|&p| p * p.ln())
-        .sum::<f64>();
+    let mut mixture = vec![0f64; vocab];
+    let (entropy, expected_entropy, mutual_information) =
+        crate::reduce::mixture(&probs, m, vocab, &mut mixture);
     Ok(Step {
         mixture,
         entropy,
         expected_entropy,
+        mutual_information,
     })
 }
 
@@ -255,8 +252,7 @@ pub fn generate(
         out.probs.push(step.mixture[id as usize] as f32);
         out.entropy.push(step.entropy as f32);
         out.expected_entropy.push(step.expected_entropy as f32);
-        out.mutual_information
-            .push((step.entropy - step.expected_entropy).max(0.0) as f32);
+        out.mutual_information.push(step.mutual_information as f32);
         if !opts.stop.is_empty() {
             let text = tokenizer.decode(&out.tokens, true)?;
             if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
@@ -359,7 +355,43 @@ mod tests {
         .unwrap();
         let s = mix(&logits).unwrap();
         assert!((s.entropy - s.expected_entropy).abs() < 1e-12);
+        assert_eq!(s.mutual_information, 0.0);
         let total: f64 = s.mixture.iter().sum();
         assert!((total - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mixture_uncertainty_is_the_reducers() {
+        let rows = [
+            [0.3f32, -1.0, 2.0, 0.0],
+            [0.1, 0.5, 1.9, -0.2],
+            [2.0, 0.0, 0.0, 1.0],
+        ];
+        let logits = Tensor::new(
+            &[[rows[0]], [rows[1]], [rows[2]]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let s = mix(&logits).unwrap();
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let r = crate::reduce::reduce(&flat, 1, 3, 4, None).unwrap();
+        assert!((s.entropy as f32 - r.entropy[0]).abs() < 1e-6);
+        assert!((s.expected_entropy as f32 - r.expected_entropy[0]).abs() < 1e-6);
+        assert!((s.mutual_information as f32 - r.mutual_information[0]).abs() < 1e-6);
+        assert!(s.mutual_information > 0.0);
+    }
+
+    #[test]
+    fn a_non_finite_logit_is_a_numerical_error() {
+        let logits = Tensor::new(
+            &[[[1.0f32, f32::NAN]], [[0.0, 0.0]]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let e = mix(&logits).err().unwrap();
+        assert!(
+            matches!(&e, Error::Numerical(m) if m.contains("member 0")),
+            "{e}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! pass over the shared base, and reduces the members' predictive distributions to an
 //! ensemble prediction with its uncertainty. It has no Python in it; `lora-ens-py` wraps it.
 
+pub mod atomic;
 pub mod chat;
 pub mod data;
 pub mod default_model;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod multi_lora;
 pub mod prompt;
+pub mod questions;
 pub mod reduce;
 pub mod score;
 pub mod tokenizer;

@@ -1,7 +1,9 @@
 //! Evaluation metrics of an ensemble's predictive distribution against known answers:
 //! accuracy, mean negative log-likelihood, multi-class Brier score and expected calibration
-//! error (15 equal-width confidence bins), plus the AUROC of an uncertainty score at telling
-//! out-of-distribution questions from in-distribution ones. Work is in f64.
+//! error (15 equal-width confidence bins) with its reliability bins, plus the AUROC and
+//! average precision of an uncertainty score at telling out-of-distribution questions from
+//! in-distribution ones. Work is in f64. This is the one implementation: the CLI, the Python
+//! package (`lora_ens_rs.metrics`), evaluation, experiments and training validation call it.
 //! Test: `cargo test -p lora-ens --lib metrics`.
 
 use crate::{Error, Result};
@@ -29,7 +31,7 @@ pub struct Metrics {
 
 /// (N, K) probabilities, row-major, where question i uses the first K_i slots.
 struct Rows<'a> {
-    probs: &'a [f32],
+    probs: &'a [f64],
     k: usize,
     valid: Option<&'a [usize]>,
     answers: &'a [usize],
@@ -37,7 +39,7 @@ struct Rows<'a> {
 
 impl<'a> Rows<'a> {
     fn new(
-        probs: &'a [f32],
+        probs: &'a [f64],
         k: usize,
         valid: Option<&'a [usize]>,
         answers: &'a [usize],
@@ -81,9 +83,9 @@ impl<'a> Rows<'a> {
                     "metrics: answer {answer} of question {i} is out of range: it has {k_i} options"
                 )));
             }
-            if let Some(j) = rows.row(i).iter().position(|p| !p.is_finite()) {
+            if let Some(j) = rows.row(i).iter().position(|p| !p.is_finite() || *p < 0.0) {
                 return Err(Error::Input(format!(
-                    "metrics: probs[{i}, {j}] is {}, expected a finite probability",
+                    "metrics: probs[{i}, {j}] is {}, expected a finite, non-negative probability",
                     rows.row(i)[j]
                 )));
             }
@@ -100,16 +102,16 @@ impl<'a> Rows<'a> {
     }
 
     /// The K_i probabilities of question i.
-    fn row(&self, i: usize) -> &'a [f32] {
+    fn row(&self, i: usize) -> &'a [f64] {
         &self.probs[i * self.k..i * self.k + self.k_i(i)]
     }
 
     /// (argmax, max) of question i's row, lowest index on ties.
     fn top(&self, i: usize) -> (usize, f64) {
-        let mut best = (0, f64::from(self.row(i)[0]));
+        let mut best = (0, self.row(i)[0]);
         for (j, &p) in self.row(i).iter().enumerate().skip(1) {
-            if f64::from(p) > best.1 {
-                best = (j, f64::from(p));
+            if p > best.1 {
+                best = (j, p);
             }
         }
         best
@@ -130,7 +132,7 @@ impl<'a> Rows<'a> {
 /// [`Error::Input`] for empty input, a length mismatch, a K_i out of range, an answer
 /// index >= K_i or a non-finite probability.
 pub fn accuracy(
-    probs: &[f32],
+    probs: &[f64],
     k: usize,
     valid: Option<&[usize]>,
     answers: &[usize],
@@ -141,38 +143,62 @@ pub fn accuracy(
 
 /// Mean negative log-likelihood of the answers, `-ln max(p, 1e-12)`, in nats.
 /// Arguments and errors as for [`accuracy`].
-pub fn nll(probs: &[f32], k: usize, valid: Option<&[usize]>, answers: &[usize]) -> Result<f64> {
+pub fn nll(probs: &[f64], k: usize, valid: Option<&[usize]>, answers: &[usize]) -> Result<f64> {
     let r = Rows::new(probs, k, valid, answers)?;
-    Ok(r.mean(|i| -f64::from(r.row(i)[answers[i]]).max(NLL_FLOOR).ln()))
+    Ok(r.mean(|i| -r.row(i)[answers[i]].max(NLL_FLOOR).ln()))
 }
 
 /// Multi-class Brier score: the mean over questions of `sum_j (p_j - [j = answer])^2` over
 /// the K_i options. Arguments and errors as for [`accuracy`].
-pub fn brier(probs: &[f32], k: usize, valid: Option<&[usize]>, answers: &[usize]) -> Result<f64> {
+pub fn brier(probs: &[f64], k: usize, valid: Option<&[usize]>, answers: &[usize]) -> Result<f64> {
     let r = Rows::new(probs, k, valid, answers)?;
     Ok(r.mean(|i| {
         r.row(i)
             .iter()
             .enumerate()
-            .map(|(j, &p)| (f64::from(p) - f64::from(u8::from(j == answers[i]))).powi(2))
+            .map(|(j, &p)| (p - f64::from(u8::from(j == answers[i]))).powi(2))
             .sum()
     }))
 }
 
-/// Expected calibration error over `n_bins` equal-width bins of confidence (the largest
-/// probability): bin b holds confidences in `(b / n_bins, (b + 1) / n_bins]`, confidence 0
-/// goes to the first bin. The result is `sum_b (n_b / N) |accuracy_b - mean confidence_b|`.
-/// Other arguments and errors as for [`accuracy`]; `n_bins` = 0 is an error too.
-pub fn ece(
-    probs: &[f32],
+/// Per-bin data of a reliability diagram: `n_bins` equal-width bins of confidence (the
+/// largest probability), bin b holding confidences in `(b / n_bins, (b + 1) / n_bins]`
+/// (confidence 0 in the first bin).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reliability {
+    /// Questions in each bin.
+    pub count: Vec<usize>,
+    /// Fraction answered right in each bin (NaN for an empty bin).
+    pub accuracy: Vec<f64>,
+    /// Mean confidence in each bin (NaN for an empty bin).
+    pub confidence: Vec<f64>,
+}
+
+impl Reliability {
+    /// Expected calibration error: `sum_b (n_b / N) |accuracy_b - confidence_b|`.
+    pub fn ece(&self) -> f64 {
+        let n: usize = self.count.iter().sum();
+        (0..self.count.len())
+            .filter(|&b| self.count[b] > 0)
+            .map(|b| {
+                self.count[b] as f64 / n as f64 * (self.accuracy[b] - self.confidence[b]).abs()
+            })
+            .sum()
+    }
+}
+
+/// The reliability bins of the predictions; arguments and errors as for [`accuracy`], and
+/// `n_bins` = 0 is an error too.
+pub fn reliability(
+    probs: &[f64],
     k: usize,
     valid: Option<&[usize]>,
     answers: &[usize],
     n_bins: usize,
-) -> Result<f64> {
+) -> Result<Reliability> {
     if n_bins == 0 {
         return Err(Error::Input(
-            "metrics: ECE needs at least one bin".to_owned(),
+            "metrics: n_bins must be >= 1 (ECE needs at least one bin)".to_owned(),
         ));
     }
     let r = Rows::new(probs, k, valid, answers)?;
@@ -186,11 +212,31 @@ pub fn ece(
         correct[b] += f64::from(u8::from(pred == answer));
         confidence[b] += conf;
     }
-    let n = r.n() as f64;
-    Ok((0..n_bins)
-        .filter(|&b| count[b] > 0)
-        .map(|b| (correct[b] - confidence[b]).abs() / n)
-        .sum())
+    let mean = |sums: Vec<f64>| -> Vec<f64> {
+        sums.iter()
+            .zip(&count)
+            .map(|(&s, &c)| if c == 0 { f64::NAN } else { s / c as f64 })
+            .collect()
+    };
+    Ok(Reliability {
+        accuracy: mean(correct),
+        confidence: mean(confidence),
+        count,
+    })
+}
+
+/// Expected calibration error over `n_bins` equal-width bins of confidence (the largest
+/// probability): bin b holds confidences in `(b / n_bins, (b + 1) / n_bins]`, confidence 0
+/// goes to the first bin. The result is `sum_b (n_b / N) |accuracy_b - mean confidence_b|`.
+/// Other arguments and errors as for [`reliability`].
+pub fn ece(
+    probs: &[f64],
+    k: usize,
+    valid: Option<&[usize]>,
+    answers: &[usize],
+    n_bins: usize,
+) -> Result<f64> {
+    reliability(probs, k, valid, answers, n_bins).map(|r| r.ece())
 }
 
 /// The bin of `conf` among `n_bins` right-closed bins `(b / n, (b + 1) / n]`, with 0 (and
@@ -220,7 +266,7 @@ fn bin_of(conf: f64, n_bins: usize) -> usize {
 /// assert!((m.brier - (0.08 + 0.72) / 2.0).abs() < 1e-6);
 /// ```
 pub fn evaluate(
-    probs: &[f32],
+    probs: &[f64],
     k: usize,
     valid: Option<&[usize]>,
     answers: &[usize],
@@ -241,30 +287,16 @@ pub fn evaluate(
 ///
 /// # Errors
 ///
-/// [`Error::Input`] when either set is empty or a score is NaN.
+/// [`Error::Input`] when either set is empty or a score is not finite.
 ///
 /// ```
 /// let auroc = lora_ens::metrics::ood_auroc(&[0.1, 0.2], &[0.3, 0.2]).unwrap();
 /// assert_eq!(auroc, (1.0 + 1.0 + 1.0 + 0.5) / 4.0);
 /// ```
-pub fn ood_auroc(in_scores: &[f32], out_scores: &[f32]) -> Result<f64> {
-    if in_scores.is_empty() || out_scores.is_empty() {
-        return Err(Error::Input(format!(
-            "OOD AUROC needs scores on both sides: {} in-distribution, {} out-of-distribution",
-            in_scores.len(),
-            out_scores.len()
-        )));
-    }
-    let nan = |what: &str, s: &[f32]| {
-        s.iter()
-            .position(|x| x.is_nan())
-            .map(|i| Error::Input(format!("OOD AUROC: {what}[{i}] is NaN")))
-    };
-    if let Some(e) = nan("in_scores", in_scores).or_else(|| nan("out_scores", out_scores)) {
-        return Err(e);
-    }
+pub fn ood_auroc(in_scores: &[f64], out_scores: &[f64]) -> Result<f64> {
+    check_ood(in_scores, out_scores)?;
     // Sum of the out-of-distribution scores' ranks (1-based, ties get their mean rank).
-    let mut all: Vec<(f32, bool)> = in_scores
+    let mut all: Vec<(f64, bool)> = in_scores
         .iter()
         .map(|&s| (s, false))
         .chain(out_scores.iter().map(|&s| (s, true)))
@@ -285,6 +317,63 @@ pub fn ood_auroc(in_scores: &[f32], out_scores: &[f32]) -> Result<f64> {
     let (n_in, n_out) = (in_scores.len() as f64, out_scores.len() as f64);
     let u = rank_sum - n_out * (n_out + 1.0) / 2.0;
     Ok(u / (n_in * n_out))
+}
+
+/// Both sets non-empty and finite.
+fn check_ood(in_scores: &[f64], out_scores: &[f64]) -> Result<()> {
+    if in_scores.is_empty() || out_scores.is_empty() {
+        return Err(Error::Input(format!(
+            "OOD detection needs at least one in- and one out-of-distribution score, got {} \
+             and {}",
+            in_scores.len(),
+            out_scores.len()
+        )));
+    }
+    for (what, s) in [("in_scores", in_scores), ("out_scores", out_scores)] {
+        if let Some(i) = s.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Input(format!(
+                "OOD scores must be finite: {what}[{i}] is {}",
+                s[i]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Average precision of an uncertainty score (higher = more out-of-distribution) at
+/// detecting `out_scores` (positives) among `in_scores`: step-wise, as scikit-learn's
+/// `average_precision_score`, each distinct score one threshold. Errors as [`ood_auroc`].
+///
+/// ```
+/// let ap = lora_ens::metrics::ood_aupr(&[0.0, 0.1], &[0.5, 0.9]).unwrap();
+/// assert_eq!(ap, 1.0);
+/// ```
+pub fn ood_aupr(in_scores: &[f64], out_scores: &[f64]) -> Result<f64> {
+    check_ood(in_scores, out_scores)?;
+    let mut all: Vec<(f64, bool)> = in_scores
+        .iter()
+        .map(|&s| (s, false))
+        .chain(out_scores.iter().map(|&s| (s, true)))
+        .collect();
+    // Highest score first; a run of equal scores is one threshold.
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let n_out = out_scores.len() as f64;
+    let (mut tp, mut seen, mut ap, mut last_recall) = (0.0f64, 0usize, 0.0f64, 0.0f64);
+    let mut start = 0;
+    while start < all.len() {
+        let mut end = start + 1;
+        while end < all.len() && all[end].0 == all[start].0 {
+            end += 1;
+        }
+        tp += all[start..end].iter().filter(|x| x.1).count() as f64;
+        seen = end;
+        let recall = tp / n_out;
+        ap += (recall - last_recall) * (tp / seen as f64);
+        last_recall = recall;
+        start = end;
+    }
+    debug_assert_eq!(seen, all.len());
+    Ok(ap)
 }
 
 #[cfg(test)]

@@ -158,6 +158,34 @@ fn argmax(p: &[f32]) -> usize {
     best
 }
 
+/// The mixture of `m` member distributions over `k` outcomes (`members`: (M, K), checked)
+/// written into `mean`, and (entropy of the mixture, the members' mean entropy, mutual
+/// information), in nats. Shared by scoring and generation.
+pub(crate) fn mixture(members: &[f64], m: usize, k: usize, mean: &mut [f64]) -> (f64, f64, f64) {
+    // mean = p_0 + mean_m (p_m - p_0): the same mixture, but exactly p_0 when every
+    // member equals p_0, so identical members give MI = 0 and probs = member exactly.
+    let first = &members[..k];
+    for (j, mu) in mean.iter_mut().enumerate() {
+        let spread: f64 = members.chunks_exact(k).map(|p| p[j] - first[j]).sum();
+        *mu = (first[j] + spread / m as f64).max(0.0);
+    }
+    // MI as mean_m KL(p_m || mean) rather than H[mean] - mean_m H[p_m]: equal in exact
+    // arithmetic, but without cancellation when members nearly agree (small MI).
+    let mut expected = 0.0;
+    let mut mi = 0.0;
+    for p in members.chunks_exact(k) {
+        expected += entropy(p);
+        let kl: f64 = p
+            .iter()
+            .zip(mean.iter())
+            .filter(|(x, _)| **x > 0.0)
+            .map(|(x, mu)| x * (x / mu).ln())
+            .sum();
+        mi += kl.max(0.0);
+    }
+    (entropy(mean), expected / m as f64, mi / m as f64)
+}
+
 /// The reductions, from f64 member probabilities (N, M, K) that are already checked.
 fn finish(p64: &[f64], n: usize, n_members: usize, k: usize) -> Reduced {
     let m = n_members;
@@ -177,27 +205,7 @@ fn finish(p64: &[f64], n: usize, n_members: usize, k: usize) -> Reduced {
     };
     let mut mean = vec![0.0f64; k];
     for (q, members) in p64.chunks_exact(m * k).enumerate() {
-        // mean = p_0 + mean_m (p_m - p_0): the same mixture, but exactly p_0 when every
-        // member equals p_0, so identical members give MI = 0 and probs = member exactly.
-        let first = &members[..k];
-        for (j, mu) in mean.iter_mut().enumerate() {
-            let spread: f64 = members.chunks_exact(k).map(|p| p[j] - first[j]).sum();
-            *mu = (first[j] + spread / m as f64).max(0.0);
-        }
-        // MI as mean_m KL(p_m || mean) rather than H[mean] - mean_m H[p_m]: equal in exact
-        // arithmetic, but without cancellation when members nearly agree (small MI).
-        let mut expected = 0.0;
-        let mut mi = 0.0;
-        for p in members.chunks_exact(k) {
-            expected += entropy(p);
-            let kl: f64 = p
-                .iter()
-                .zip(&mean)
-                .filter(|(x, _)| **x > 0.0)
-                .map(|(x, mu)| x * (x / mu).ln())
-                .sum();
-            mi += kl.max(0.0);
-        }
+        let (h, expected, mi) = mixture(members, m, k, &mut mean);
         let probs: Vec<f32> = mean.iter().map(|&x| x as f32).collect();
         let pred = argmax(&probs);
         let member_probs = &r.member_probs[q * m * k..(q + 1) * m * k];
@@ -209,9 +217,9 @@ fn finish(p64: &[f64], n: usize, n_members: usize, k: usize) -> Reduced {
         }
         r.prediction.push(pred);
         r.confidence.push(probs[pred]);
-        r.entropy.push(entropy(&mean) as f32);
-        r.expected_entropy.push((expected / m as f64) as f32);
-        r.mutual_information.push((mi / m as f64) as f32);
+        r.entropy.push(h as f32);
+        r.expected_entropy.push(expected as f32);
+        r.mutual_information.push(mi as f32);
         r.agreement.push((agree as f64 / m as f64) as f32);
         r.probs.extend(probs);
     }

@@ -148,16 +148,7 @@ fn generic_record(record: &Map<String, Value>) -> Result<Question, Reason> {
     let choices = string_list(record, "choices")?.ok_or("missing field `choices`")?;
     let labels = match string_list(record, "labels")? {
         Some(labels) => labels,
-        None if choices.len() > 26 => {
-            return Err(format!(
-                "{} choices but default labels go only from A to Z: give `labels`",
-                choices.len()
-            ));
-        }
-        None => (b'A'..=b'Z')
-            .take(choices.len())
-            .map(|b| char::from(b).to_string())
-            .collect(),
+        None => super::default_labels(choices.len())?,
     };
     check_choices(&choices, &labels)?;
     let answer = match record.get("answer") {

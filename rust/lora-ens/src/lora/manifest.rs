@@ -1,6 +1,7 @@
 //! `ensemble.json`: the manifest of an ensemble directory (member adapter directories, the
-//! base model they were trained on and its sha256, labels, training config, metrics), and
-//! [`load_adapters`], which takes adapter and ensemble directories alike.
+//! base model they were trained on and its sha256, labels, prompt template, scoring, the
+//! training config and validation metrics), typed, read once and written by training through
+//! the bindings; and [`load_adapters`], which takes adapter and ensemble directories alike.
 
 use std::path::{Path, PathBuf};
 
@@ -9,24 +10,56 @@ use serde_json::{Map, Value};
 use super::LoraAdapter;
 use super::config::refuse;
 use crate::model::LlamaConfig;
-use crate::{Error, Result};
+use crate::questions::Scoring;
+use crate::score::Normalization;
+use crate::{Error, Result, prompt};
 
 /// The manifest's file name inside an ensemble directory.
 pub const MANIFEST_FILE: &str = "ensemble.json";
 
+/// The prompt templates this engine knows (a manifest naming another is refused).
+pub const KNOWN_TEMPLATES: &[&str] = &[prompt::TEMPLATE_NAME];
+
+/// A manifest's `scoring`: how the members were trained to be scored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ManifestScoring {
+    /// `labels` or `choices`.
+    pub mode: Option<Scoring>,
+    /// The choices' normalization.
+    pub normalization: Option<Normalization>,
+}
+
 /// A parsed `ensemble.json`:
-/// `{"members": ["m0", ...], "base_model": {"path": ..., "sha256": ...}, "labels": [...], ...}`.
-#[derive(Debug, Clone)]
+/// `{"members": ["m0", ...], "base_model": {"path": ..., "sha256": ...}, "labels": [...],
+/// "prompt_template": "qa-v1", "scoring": {"mode": ..., "normalization": ...},
+/// "training": {...}, "seeds": [...], "validation": {...}, "version": "..."}`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EnsembleManifest {
-    /// The `ensemble.json` file.
+    /// The `ensemble.json` file (empty for a manifest built in memory).
     pub path: PathBuf,
+    /// Member adapter directories as written (relative to the manifest's directory).
+    pub member_entries: Vec<String>,
     /// Member adapter directories, relative entries resolved against the manifest's directory.
     pub members: Vec<PathBuf>,
+    /// The base model's path as recorded by training.
     pub base_model_path: Option<String>,
     /// Lower-case hex sha256 of the base GGUF the members were trained on.
     pub base_model_sha256: Option<String>,
+    /// Option labels (the default labels of label scoring).
     pub labels: Option<Vec<String>>,
-    /// Every other top-level key (prompt template, training config, metrics), as written.
+    /// The prompt template's name (one of [`KNOWN_TEMPLATES`]).
+    pub prompt_template: Option<String>,
+    /// How the members were trained to be scored.
+    pub scoring: Option<ManifestScoring>,
+    /// The full training configuration, opaque to the engine.
+    pub training: Option<Value>,
+    /// Each member's seed.
+    pub seeds: Option<Vec<u64>>,
+    /// Validation metrics of the members and the ensemble, opaque to the engine.
+    pub validation: Option<Value>,
+    /// The version of the package that wrote it.
+    pub version: Option<String>,
+    /// Every other top-level key, as written (kept when the manifest is written again).
     pub extra: Map<String, Value>,
 }
 
@@ -51,7 +84,7 @@ impl EnsembleManifest {
             return Err(bad("expected a JSON object".to_owned()));
         };
         let dir = file.parent().unwrap_or(Path::new(""));
-        let members = match obj.remove("members") {
+        let member_entries = match obj.remove("members") {
             Some(Value::Array(items)) if !items.is_empty() => items
                 .iter()
                 .map(|item| {
@@ -60,7 +93,7 @@ impl EnsembleManifest {
                         Value::Object(o) => o.get("path").and_then(Value::as_str),
                         _ => None,
                     };
-                    rel.map(|r| dir.join(r)).ok_or_else(|| {
+                    rel.map(str::to_owned).ok_or_else(|| {
                         bad(format!(
                             "`members` entries must be paths (or {{\"path\": ...}}), got {item}"
                         ))
@@ -103,14 +136,98 @@ impl EnsembleManifest {
             ),
             Some(v) => return Err(bad(format!("`labels` must be a list of strings, got {v}"))),
         };
+        let prompt_template = match obj.remove("prompt_template") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) if KNOWN_TEMPLATES.contains(&t.as_str()) => Some(t),
+            Some(v) => {
+                return Err(bad(format!(
+                    "`prompt_template` {v} is not a template this engine knows ({}): the \
+                     members were trained on prompts it cannot build",
+                    KNOWN_TEMPLATES.join(", ")
+                )));
+            }
+        };
+        let scoring = parse_scoring(obj.remove("scoring"), &bad)?;
+        let seeds = match obj.remove("seeds") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(Value::as_u64)
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        bad("`seeds` must be a list of non-negative integers".to_owned())
+                    })?,
+            ),
+            Some(v) => return Err(bad(format!("`seeds` must be a list, got {v}"))),
+        };
+        let version = match obj.remove("version") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(v)) => Some(v),
+            Some(v) => return Err(bad(format!("`version` must be a string, got {v}"))),
+        };
+        let opaque = |v: Option<Value>| v.filter(|v| !v.is_null());
         Ok(Self {
             path: file.to_path_buf(),
-            members,
+            members: member_entries.iter().map(|r| dir.join(r)).collect(),
+            member_entries,
             base_model_path,
             base_model_sha256,
             labels,
+            prompt_template,
+            scoring,
+            training: opaque(obj.remove("training")),
+            seeds,
+            validation: opaque(obj.remove("validation")),
+            version,
             extra: obj,
         })
+    }
+
+    /// The manifest as a JSON object, keys in the documented order (then any other keys).
+    pub fn to_value(&self) -> Value {
+        let mut o = Map::new();
+        let members = self
+            .member_entries
+            .iter()
+            .cloned()
+            .map(Value::from)
+            .collect();
+        o.insert("members".into(), Value::Array(members));
+        let mut base = Map::new();
+        base.insert("path".into(), self.base_model_path.clone().into());
+        base.insert("sha256".into(), self.base_model_sha256.clone().into());
+        o.insert("base_model".into(), Value::Object(base));
+        o.insert("labels".into(), self.labels.clone().into());
+        o.insert(
+            "prompt_template".into(),
+            self.prompt_template.clone().into(),
+        );
+        let scoring = self.scoring.map(|s| {
+            let mut m = Map::new();
+            m.insert("mode".into(), s.mode.map(Scoring::name).into());
+            m.insert(
+                "normalization".into(),
+                s.normalization.map(Normalization::name).into(),
+            );
+            Value::Object(m)
+        });
+        o.insert("scoring".into(), scoring.into());
+        o.insert("training".into(), self.training.clone().into());
+        o.insert("seeds".into(), self.seeds.clone().into());
+        o.insert("validation".into(), self.validation.clone().into());
+        o.insert("version".into(), self.version.clone().into());
+        for (k, v) in &self.extra {
+            o.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        Value::Object(o)
+    }
+
+    /// The manifest as indented JSON text (with a final newline), as training writes it.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(&self.to_value()).unwrap_or_default();
+        text.push('\n');
+        text
     }
 
     /// Refuse a base model whose sha256 differs from the one the members were trained on
@@ -162,6 +279,43 @@ impl EnsembleManifest {
     }
 }
 
+/// The `scoring` entry, checked: `{"mode": "labels" | "choices", "normalization": ...}`.
+fn parse_scoring(
+    value: Option<Value>,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<Option<ManifestScoring>> {
+    let scoring = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(v) => return Err(bad(format!("`scoring` must be an object, got {v}"))),
+    };
+    let text = |key: &str| match scoring.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(v) => Err(bad(format!("`scoring.{key}` must be a string, got {v}"))),
+    };
+    let mode = text("mode")?
+        .map(|s| {
+            Scoring::from_name(s).map_err(|_| {
+                bad(format!(
+                    "`scoring.mode` must be \"labels\" or \"choices\", got {s:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    let normalization = text("normalization")?
+        .map(|s| {
+            Normalization::from_name(s).map_err(|e| bad(format!("`scoring.normalization`: {e}")))
+        })
+        .transpose()?;
+    Ok(
+        (mode.is_some() || normalization.is_some()).then_some(ManifestScoring {
+            mode,
+            normalization,
+        }),
+    )
+}
+
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit())
 }
@@ -173,27 +327,33 @@ pub fn is_ensemble(path: &Path) -> bool {
 }
 
 /// Load adapters for `base` from `paths`, each a PEFT adapter directory or an ensemble
-/// directory (whose members come in manifest order). With `base_sha256`, an ensemble made
-/// for another base model is refused.
+/// directory (whose members come in manifest order); also returns the first manifest.
+/// `base_sha256` gives the loaded model's sha256, asked for only when a manifest records one:
+/// an ensemble made for another base model is refused (`None`: no check).
 pub fn load_adapters(
-    paths: &[PathBuf],
+    paths: &[impl AsRef<Path>],
     base: &LlamaConfig,
-    base_sha256: Option<&str>,
-) -> Result<Vec<LoraAdapter>> {
-    if paths.is_empty() {
-        return Err(Error::Input("no adapter paths given".to_owned()));
-    }
+    base_sha256: Option<&dyn Fn() -> Result<String>>,
+) -> Result<(Vec<LoraAdapter>, Option<EnsembleManifest>)> {
     let mut adapters = Vec::new();
+    let mut first = None;
+    let mut sha: Option<String> = None;
     for path in paths {
+        let path = path.as_ref();
         if is_ensemble(path) {
             let manifest = EnsembleManifest::load(path)?;
-            if let Some(sha) = base_sha256 {
-                manifest.check_base(sha)?;
+            if let (Some(_), Some(compute)) = (&manifest.base_model_sha256, base_sha256) {
+                let have = match &sha {
+                    Some(s) => s.clone(),
+                    None => sha.insert(compute()?).clone(),
+                };
+                manifest.check_base(&have)?;
             }
             adapters.extend(manifest.load_members(base)?);
+            first.get_or_insert(manifest);
         } else {
             adapters.push(LoraAdapter::load(path, base)?);
         }
     }
-    Ok(adapters)
+    Ok((adapters, first))
 }

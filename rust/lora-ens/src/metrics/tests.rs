@@ -110,8 +110,8 @@ fn bad_inputs_are_typed_errors() {
     assert!(msg(nll(&[0.5, 0.5], 2, None, &[2])).contains("out of range"));
     assert!(msg(brier(&[0.5, 0.5], 2, Some(&[1, 1]), &[0])).contains("valid has 2"));
     assert!(msg(brier(&[0.5, 0.5], 2, Some(&[3]), &[0])).contains("valid[0] = 3"));
-    assert!(msg(accuracy(&[f32::NAN, 0.5], 2, None, &[0])).contains("NaN"));
-    assert!(msg(ece(&[0.5, 0.5], 2, None, &[0], 0)).contains("one bin"));
+    assert!(msg(accuracy(&[f64::NAN, 0.5], 2, None, &[0])).contains("NaN"));
+    assert!(msg(ece(&[0.5, 0.5], 2, None, &[0], 0)).contains("at least one bin"));
     assert!(msg(accuracy(&[], 0, None, &[0])).contains("K = 0"));
 }
 
@@ -123,8 +123,8 @@ fn auroc_counts_pairs_and_half_ties() {
     // Pairs (in, out): (1,2) > , (1,0) <, (3,2) <, (3,0) <, (2,2) tie, (2,0) < -> 1.5 / 6.
     close(ood_auroc(&[1.0, 3.0, 2.0], &[2.0, 0.0]).unwrap(), 1.5 / 6.0);
     // The pairwise definition agrees on a larger set with many ties.
-    let a: Vec<f32> = (0..37).map(|i| (i % 7) as f32).collect();
-    let b: Vec<f32> = (0..23).map(|i| (i % 5) as f32 + 1.5).collect();
+    let a: Vec<f64> = (0..37).map(|i| (i % 7) as f64).collect();
+    let b: Vec<f64> = (0..23).map(|i| (i % 5) as f64 + 1.5).collect();
     let pairwise: f64 = a
         .iter()
         .flat_map(|x| b.iter().map(move |y| (x, y)))
@@ -142,6 +142,36 @@ fn auroc_counts_pairs_and_half_ties() {
 fn auroc_refuses_empty_sets_and_nan() {
     assert!(matches!(ood_auroc(&[], &[1.0]), Err(Error::Input(_))));
     assert!(matches!(ood_auroc(&[1.0], &[]), Err(Error::Input(_))));
-    let err = ood_auroc(&[1.0], &[f32::NAN]).unwrap_err().to_string();
+    let err = ood_auroc(&[1.0], &[f64::NAN]).unwrap_err().to_string();
     assert!(err.contains("out_scores[0] is NaN"), "{err}");
+}
+
+#[test]
+fn reliability_bins_hold_counts_and_means() {
+    // Confidences 0.6, 0.6 (bin 8 of 15: 0.6 = 9/15 belongs to the lower bin) and 0.7 (bin 10).
+    let probs = [0.6, 0.4, 0.6, 0.4, 0.7, 0.3];
+    let r = reliability(&probs, 2, None, &[0, 1, 0], 15).unwrap();
+    assert_eq!(r.count.iter().sum::<usize>(), 3);
+    assert_eq!((r.count[8], r.count[10]), (2, 1));
+    close(r.accuracy[8], 0.5);
+    close(r.confidence[10], 0.7);
+    assert!(r.accuracy[0].is_nan() && r.confidence[0].is_nan());
+    close(r.ece(), ece(&probs, 2, None, &[0, 1, 0], 15).unwrap());
+    close(r.ece(), 2.0 / 3.0 * 0.1 + 1.0 / 3.0 * 0.3);
+}
+
+#[test]
+fn average_precision_steps_over_distinct_scores() {
+    assert_eq!(ood_aupr(&[0.0, 0.1], &[0.5, 0.9]).unwrap(), 1.0);
+    // Ranked 0.9 (out), 0.5 (in), 0.4 (out): precision 1 at recall 1/2, 2/3 at recall 1.
+    close(
+        ood_aupr(&[0.5], &[0.9, 0.4]).unwrap(),
+        0.5 * 1.0 + 0.5 * 2.0 / 3.0,
+    );
+    // A tie of one in and one out at the top is one threshold: precision 1/2 at recall 1.
+    close(ood_aupr(&[0.7], &[0.7]).unwrap(), 0.5);
+    assert!(matches!(
+        ood_aupr(&[f64::INFINITY], &[1.0]),
+        Err(Error::Input(_))
+    ));
 }
