@@ -42,6 +42,7 @@ KEYS = [
     "labels",
     "probs",
     "prediction",
+    "prediction_index",
     "confidence",
     "entropy",
     "expected_entropy",

@@ -123,6 +123,14 @@ class Model:
         token_ids: Sequence[int] | None = None,
         batch_size: int = 16,
     ) -> npt.NDArray[np.float32]: ...
+    def member_logits(
+        self,
+        prompts: Sequence[Sequence[int]],
+        adapters: Sequence[LoraAdapter],
+        token_ids: Sequence[int] | None = None,
+        batch_size: int = 16,
+    ) -> npt.NDArray[np.float32]:
+        """Last-position logits (N, M, K or vocab) of each prompt for each member."""
     def generate_greedy(
         self, prompt: Sequence[int], max_new_tokens: int = 32, stop_ids: Sequence[int] = ...
     ) -> list[int]: ...

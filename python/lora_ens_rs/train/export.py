@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 import lora_ens_rs
+from lora_ens_rs import _core
 from lora_ens_rs.errors import LoraEnsIOError
 from lora_ens_rs.train.lora import PARENT, LoraStack
 
