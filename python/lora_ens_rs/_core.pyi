@@ -14,11 +14,19 @@ __version__: str
 DEFAULT_MODEL_SHA256: str
 DEFAULT_MODEL_FILE: str
 _ERROR_CLASSES: list[str]
+EXIT_ERROR: int
+EXIT_USAGE: int
 
 def default_model_path(python: str | None = None, force: bool = False) -> str: ...
 def cache_dir() -> str: ...
 def sha256_file(path: str) -> str: ...
 def cli_main(argv: list[str], python: str | None = None) -> int: ...
+def cli_subcommands() -> list[tuple[str, str, bool]]:
+    """Every subcommand as (name, about, runs_in_python), in ``--help`` order."""
+
+def cli_option_specs() -> list[dict[str, object]]:
+    """The options several subcommands share, as the Rust parser defines them."""
+
 def reduce(
     member_logits: npt.ArrayLike, valid: Sequence[int] | npt.ArrayLike | None = None
 ) -> Reduced:

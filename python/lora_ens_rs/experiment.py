@@ -11,6 +11,7 @@ engine on the exported adapters. Writes ``results.json``, ``results.md`` and plo
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -22,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from lora_ens_rs import data, metrics
+from lora_ens_rs.cli import EXIT_OK, add_shared_options, run_subcommand, subcommand_about
 from lora_ens_rs.ensemble import Ensemble
-from lora_ens_rs.errors import InputError
+from lora_ens_rs.errors import InputError, MissingFileError
 from lora_ens_rs.evaluate import ensemble_scores, ood_metrics, single_scores
 from lora_ens_rs.results import write_atomic
 
@@ -187,22 +189,10 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
                 )
             )
             curves[key] = {"zero-shot base": b.probs}
-            common = {
-                "model": model,
-                "members": cfg.members,
-                "scoring": scoring,
-                "normalization": cfg.normalization,
-                "epochs": cfg.epochs,
-                "lr": cfg.lr,
-                "batch_size": cfg.batch_size,
-                "rank": cfg.rank,
-                "alpha": cfg.alpha,
-                "targets": cfg.targets,
-                "layers": cfg.layers,
-                "seed": cfg.seed,
-                "threads": cfg.threads,
-                "overwrite": True,
-            }
+            # The grid's training settings are the ExperimentConfig fields named like
+            # TrainConfig fields (model, members, epochs, lr, ...).
+            common = {name: getattr(cfg, name) for name in _train_fields(cfg)}
+            common.update(model=model, scoring=scoring, overwrite=True)
             for setting in cfg.settings:
                 name = setting["name"]
                 overrides = {k: v for k, v in setting.items() if k != "name"}
@@ -265,6 +255,14 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
     write_atomic(out / "results.md", _markdown(results, images))
     _log(f"results: {out / 'results.md'} ({results['seconds'] / 60:.1f} min)")
     return results
+
+
+def _train_fields(cfg: ExperimentConfig) -> list[str]:
+    """The fields of ``cfg`` that are also :class:`TrainConfig` fields."""
+    from lora_ens_rs.train.config import TrainConfig
+
+    train = {f.name for f in dataclasses.fields(TrainConfig)}
+    return [f.name for f in dataclasses.fields(cfg) if f.name in train]
 
 
 def _row(task: str, scoring: str, setting: str, model: str, m: dict[str, float]) -> dict[str, Any]:
@@ -359,32 +357,39 @@ def _markdown(results: dict[str, Any], images: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> int:
-    """``lora-ens-rs experiment``: run a preset (optionally overridden by a JSON config file)."""
-    import argparse
-
-    from lora_ens_rs.errors import LoraEnsError
-
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lora-ens-rs experiment``."""
     ap = argparse.ArgumentParser(
-        prog="lora-ens-rs experiment",
-        description="Run the LoRA-ensemble experiment grid and write results.md with plots.",
+        prog="lora-ens-rs experiment", description=subcommand_about("experiment")
     )
     ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
     ap.add_argument("--config", type=Path, help="JSON file of ExperimentConfig fields (override)")
-    ap.add_argument("--model", help="GGUF base model (default: the default model)")
+    add_shared_options(ap, ["model"])
     ap.add_argument("--out", type=Path, required=True, help="output directory")
-    ap.add_argument("--threads", type=int)
-    args = ap.parse_args(argv)
+    add_shared_options(ap, ["threads"])
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    """``lora-ens-rs experiment``: run a preset (optionally overridden by a JSON config file);
+    returns the exit code (0, 1 on an error, 2 on a usage error)."""
+    return run_subcommand(parser(), _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     settings = dict(PRESETS[args.preset])
     if args.config:
-        settings.update(json.loads(args.config.read_text()))
-    if args.model:
+        try:
+            settings.update(json.loads(args.config.read_text()))
+        except FileNotFoundError:
+            raise MissingFileError(
+                f"experiment config {str(args.config)!r} does not exist"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise InputError(f"experiment config {str(args.config)!r}: {e}") from e
+    if args.model is not None:
         settings["model"] = args.model
-    if args.threads:
+    if args.threads is not None:
         settings["threads"] = args.threads
-    try:
-        run(ExperimentConfig.from_dict(settings), args.out)
-    except LoraEnsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    run(ExperimentConfig.from_dict(settings), args.out)
+    return EXIT_OK

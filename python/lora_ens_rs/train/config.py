@@ -11,6 +11,7 @@ checkpoint, where a resumed run checks that the settings that shape training are
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -40,91 +41,232 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+def meta(*, help: str, cli: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata of a :class:`TrainConfig` field: its help and how ``lora-ens-rs train``
+    takes it.
+
+    ``cli`` holds argparse keywords (``type``, ``metavar``, ``required``, ``flag`` for a flag
+    not named after the field, ``action``), or ``{"positional": True}``, or
+    ``{"shared": True}`` for an option defined once for every subcommand
+    (``lora_ens_rs.cli.add_shared_options``: ``--model``, ``--limit``, ...; with
+    ``"own_help": True`` the field's help replaces the shared one). A ``help`` in ``cli`` is
+    the flag's when it is not the field's (``--no-trunk-cache``). ``None`` leaves the field
+    off the command line.
+    """
+    return {"help": help, "cli": cli}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def target_list(text: str) -> list[str]:
+    """argparse type: comma-separated projections, or ``all``."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if text.strip() == "all":
+        return list(TARGETS)
+    unknown = [t for t in names if t not in TARGETS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown projection(s) {unknown or text!r}; choose from {','.join(TARGETS)} or all"
+        )
+    return names
+
+
+SHARED: dict[str, Any] = {"shared": True}
+SHARED_OWN_HELP: dict[str, Any] = {"shared": True, "own_help": True}
+
+
 @dataclass
 class TrainConfig:
-    """Settings of one ensemble training run (see ``lora-ens-rs train --help``).
+    """Settings of one ensemble training run.
 
-    Attributes:
-        data: training questions (any format :func:`lora_ens_rs.read_questions` reads).
-        val: validation questions; ``None`` holds out ``val_fraction`` of ``data`` (a fixed
-            split that does not depend on ``seed``).
-        format: dataset format of ``data`` / ``val`` (``None``: from the file name).
-        limit: read at most this many training questions (before the split).
-        val_limit: use at most this many validation questions.
-        val_fraction: share of ``data`` held out when ``val`` is ``None``.
-        model: the base model, a GGUF file or a transformers model directory; ``None`` is
-            the default model (:func:`lora_ens_rs.default_model_path`).
-        members: M, the number of LoRA members.
-        seed: member ``m`` uses seed ``seed + m`` unless ``seeds`` is given.
-        seeds: one seed per member (A initialisation and data order).
-        share_data_order: every member sees the data in the order of ``seed`` (init differs).
-        rank: LoRA rank r.
-        alpha: LoRA alpha; the update is scaled by ``alpha / r`` (``alpha / sqrt(r)``
-            with ``rslora``).
-        rslora: rank-stabilised scaling.
-        targets: projections that get adapters (``q_proj``, ``v_proj``, ...).
-        layers: adapted layers: ``"all"``, ``"topN"``, ``"a-b"`` (inclusive), ``"1,3,5"``.
-        dropout: LoRA dropout on the adapter input (PEFT's ``lora_dropout``).
-        scoring: ``"labels"`` (answer letter after a lettered prompt) or ``"choices"``
-            (each answer text as a continuation of the question).
-        normalization: choice scoring: ``sum``, ``per_token`` or ``per_byte`` log-likelihood.
-        full_vocabulary: label scoring: the loss is the answer token's cross-entropy over
-            the whole vocabulary instead of the softmax over the label tokens.
-        epochs: passes over the training data.
-        lr: AdamW learning rate (constant).
-        batch_size: questions per member per step.
-        weight_decay: AdamW decoupled weight decay on the LoRA matrices (``lr *
-            weight_decay`` must stay below 1).
-        kl: beta of the ``beta * KL(p_member || p_base)`` term on the option distribution.
-        early_stopping: patience in epochs on validation NLL; each member keeps its best
-            epoch's adapters. ``None``: no early stopping.
-        trunk_cache: keep the hidden states below the first adapted layer in memory
-            (computed once per question) instead of recomputing them every step.
-        eval_batch_size: questions per pass when validating.
-        out: the ensemble directory written at the end (``None``: nothing is written).
-        overwrite: replace an existing ``out``.
-        resume: continue from the checkpoint in ``checkpoint_dir``.
-        checkpoint_dir: where checkpoints go (default ``<out>.checkpoint``).
-        checkpoint_every: also checkpoint every N optimizer steps (every epoch always).
-        threads: torch CPU threads (``None``: torch's default).
-        progress: progress bar and per-epoch validation lines on stderr.
+    Each field's meaning is its ``help`` metadata, which is also its ``lora-ens-rs train
+    --help`` line (:func:`field_help` returns it); the command line is built from these fields.
     """
 
-    data: str | None = None
-    val: str | None = None
-    format: str | None = None
-    limit: int | None = None
-    val_limit: int | None = None
-    val_fraction: float = 0.1
-    model: str | None = None
-    members: int = 5
-    seed: int = 0
-    seeds: list[int] | None = None
-    share_data_order: bool = False
-    rank: int = 8
-    alpha: float = 16.0
-    rslora: bool = False
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    layers: str | list[int] = "all"
-    dropout: float = 0.0
-    scoring: str = "labels"
-    normalization: str = "per_token"
-    full_vocabulary: bool = False
-    epochs: int = 1
-    lr: float = 2e-4
-    batch_size: int = 4
-    weight_decay: float = 0.0
-    kl: float = 0.0
-    early_stopping: int | None = None
-    trunk_cache: bool = True
-    eval_batch_size: int = 16
-    out: str | None = None
-    overwrite: bool = False
-    resume: bool = False
-    checkpoint_dir: str | None = None
-    checkpoint_every: int | None = None
-    threads: int | None = None
-    progress: bool = True
+    data: str | None = field(
+        default=None,
+        metadata=meta(
+            help="training questions (any format read_questions reads)", cli={"positional": True}
+        ),
+    )
+    val: str | None = field(
+        default=None,
+        metadata=meta(
+            help="validation questions (default: hold out --val-fraction of DATA, a fixed split "
+            "that does not depend on the seed)",
+            cli={},
+        ),
+    )
+    format: str | None = field(
+        default=None, metadata=meta(help="dataset format of DATA and --val", cli=SHARED)
+    )
+    limit: int | None = field(
+        default=None,
+        metadata=meta(help="read at most N training questions (before the split)", cli=SHARED),
+    )
+    val_limit: int | None = field(
+        default=None,
+        metadata=meta(help="use at most N validation questions", cli={"type": positive_int}),
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata=meta(help="share of DATA held out when --val is not given", cli={"type": float}),
+    )
+    model: str | None = field(
+        default=None,
+        metadata=meta(
+            help="the base model: a GGUF file or a transformers model directory (default: the "
+            "default model, lora_ens_rs.default_model_path())",
+            cli=SHARED_OWN_HELP,
+        ),
+    )
+    members: int = field(
+        default=5, metadata=meta(help="M, the number of LoRA members", cli={"type": positive_int})
+    )
+    seed: int = field(
+        default=0,
+        metadata=meta(help="member m uses seed + m unless seeds are given", cli={"type": int}),
+    )
+    seeds: list[int] | None = field(
+        default=None, metadata=meta(help="one seed per member (A initialisation and data order)")
+    )
+    share_data_order: bool = field(
+        default=False,
+        metadata=meta(
+            help="every member sees the data in the order of seed (the init differs)", cli={}
+        ),
+    )
+    rank: int = field(default=8, metadata=meta(help="LoRA rank r", cli={"type": positive_int}))
+    alpha: float = field(
+        default=16.0,
+        metadata=meta(
+            help="LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with --rslora)",
+            cli={"type": float},
+        ),
+    )
+    rslora: bool = field(
+        default=False, metadata=meta(help="rank-stabilised scaling, alpha / sqrt(r)", cli={})
+    )
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata=meta(
+            help="projections that get adapters: comma-separated names (q_proj, ...) or all",
+            cli={"type": target_list},
+        ),
+    )
+    layers: str | list[int] = field(
+        default="all",
+        metadata=meta(help="adapted layers: all, topN, a-b (inclusive) or a,b,c", cli={}),
+    )
+    dropout: float = field(
+        default=0.0,
+        metadata=meta(
+            help="LoRA dropout on the adapter input (PEFT's lora_dropout)", cli={"type": float}
+        ),
+    )
+    scoring: str = field(default="labels", metadata=meta(help="scoring mode", cli=SHARED))
+    normalization: str = field(
+        default="per_token", metadata=meta(help="choice scoring normalisation", cli=SHARED)
+    )
+    full_vocabulary: bool = field(
+        default=False,
+        metadata=meta(
+            help="label scoring: the loss is the answer token's cross-entropy over the whole "
+            "vocabulary instead of the softmax over the label tokens",
+            cli={},
+        ),
+    )
+    epochs: int = field(
+        default=1, metadata=meta(help="passes over the training data", cli={"type": positive_int})
+    )
+    lr: float = field(
+        default=2e-4, metadata=meta(help="AdamW learning rate (constant)", cli={"type": float})
+    )
+    batch_size: int = field(
+        default=4,
+        metadata=meta(help="questions per member per optimizer step", cli={"type": positive_int}),
+    )
+    weight_decay: float = field(
+        default=0.0,
+        metadata=meta(
+            help="AdamW decoupled weight decay on the LoRA matrices (lr * weight decay must stay "
+            "below 1)",
+            cli={"type": float},
+        ),
+    )
+    kl: float = field(
+        default=0.0,
+        metadata=meta(
+            help="beta of the beta * KL(p_member || p_base) term on the option distribution",
+            cli={"type": float},
+        ),
+    )
+    early_stopping: int | None = field(
+        default=None,
+        metadata=meta(
+            help="patience in epochs on validation NLL; each member keeps its best epoch's "
+            "adapters (default: no early stopping)",
+            cli={"type": positive_int, "metavar": "PATIENCE"},
+        ),
+    )
+    trunk_cache: bool = field(
+        default=True,
+        metadata=meta(
+            help="keep the hidden states below the first adapted layer in memory (computed once "
+            "per question) instead of recomputing them every step",
+            cli={
+                "flag": "--no-trunk-cache",
+                "action": "store_false",
+                "help": "recompute the hidden states below the first adapted layer every step",
+            },
+        ),
+    )
+    eval_batch_size: int = field(
+        default=16,
+        metadata=meta(help="questions per pass when validating", cli={"type": positive_int}),
+    )
+    out: str | None = field(
+        default=None,
+        metadata=meta(
+            help="the ensemble directory written at the end (in Python, None: nothing is written)",
+            cli={"required": True},
+        ),
+    )
+    overwrite: bool = field(default=False, metadata=meta(help="replace an existing --out", cli={}))
+    resume: bool = field(
+        default=False,
+        metadata=meta(help="continue from the checkpoint in --checkpoint-dir", cli={}),
+    )
+    checkpoint_dir: str | None = field(
+        default=None, metadata=meta(help="where checkpoints go (default: <out>.checkpoint)", cli={})
+    )
+    checkpoint_every: int | None = field(
+        default=None,
+        metadata=meta(
+            help="also checkpoint every N optimizer steps (every epoch always)",
+            cli={"type": positive_int, "metavar": "STEPS"},
+        ),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=meta(help="torch CPU threads (default: torch's choice)", cli=SHARED_OWN_HELP),
+    )
+    progress: bool = field(
+        default=True,
+        metadata=meta(
+            help="a progress bar and per-epoch validation lines on stderr",
+            cli={"flag": "--quiet", "action": "store_false", "help": "no progress output"},
+        ),
+    )
 
     def member_seeds(self) -> list[int]:
         """The seed of each member: ``seeds`` if given, else ``seed, seed + 1, ...``."""
@@ -229,6 +371,14 @@ class TrainConfig:
         if unknown:
             raise InputError(f"unknown TrainConfig fields: {', '.join(unknown)}")
         return cls(**values)
+
+
+def field_help(name: str) -> str:
+    """The help of :class:`TrainConfig` field ``name``."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == name:
+            return str(f.metadata["help"])
+    raise KeyError(name)
 
 
 _RANGE = re.compile(r"^(\d+)-(\d+)$")

@@ -7,13 +7,13 @@
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
-use clap::builder::PossibleValuesParser;
 use clap::{Args, ValueEnum};
 use lora_ens::data::{self, Format, Question};
 use lora_ens::questions::{self, Scoring, ScoringSpec};
 use lora_ens::score::{Normalization, ScoreOptions};
 use lora_ens::{Error, Result};
 
+use crate::options::{self, ArgSpec};
 use crate::output::Output;
 use crate::progress::Progress;
 use crate::{Context, ModelArgs};
@@ -52,25 +52,17 @@ pub struct InferArgs {
     /// Questions file (.jsonl or MMLU .csv); `-` or none: read stdin.
     #[arg(value_name = "INPUT")]
     pub input: Option<PathBuf>,
-    /// The input's format (default: detected from the name and the first record).
-    #[arg(long, value_parser = PossibleValuesParser::new(Format::NAMES))]
+    #[arg(long, spec = &options::FORMAT)]
     pub format: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// `labels`: score the label after a lettered prompt; `choices`: score each answer text.
-    /// Default: the ensemble manifest's `scoring.mode`, else `choices`.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, spec = &options::SCORING)]
     pub scoring: Option<ScoringArg>,
-    /// How `choices` scoring normalizes an answer's log-likelihood. Default: the ensemble
-    /// manifest's `scoring.normalization`, else `per_token`.
-    #[arg(long, value_parser = PossibleValuesParser::new(["sum", "per_token", "per_byte"]))]
+    #[arg(long, spec = &options::NORMALIZATION)]
     pub normalization: Option<String>,
-    /// Questions per forward pass of the base model alone; with M members a pass takes
-    /// max(1, 2 * batch-size / M) of them, so memory stays near the base model's.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, spec = &options::BATCH_SIZE)]
     pub batch_size: u64,
-    /// Read only the first N questions.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, spec = &options::LIMIT)]
     pub limit: Option<u64>,
     /// Write the records to this file (replaced only when everything succeeded) instead of
     /// stdout.

@@ -1,4 +1,5 @@
-//! Bindings of `lora_ens::default_model`: where the default model is and how it is fetched.
+//! Bindings of `lora_ens_cli::default_model` (where the default model is and how it is
+//! fetched; the engine itself takes paths only) and of `lora_ens::hash`.
 
 use pyo3::prelude::*;
 
@@ -18,9 +19,9 @@ fn default_model_path(py: Python<'_>, python: Option<String>, force: bool) -> Py
     let progress = |msg: &str| eprintln!("lora-ens-rs: {msg}");
     let path = call(py, || {
         if force {
-            lora_ens::default_model::fetch(python.as_deref(), &progress)
+            lora_ens_cli::default_model::fetch(python.as_deref(), &progress)
         } else {
-            lora_ens::default_model::default_model_path(python.as_deref(), &progress)
+            lora_ens_cli::default_model::default_model_path(python.as_deref(), &progress)
         }
     })?;
     Ok(path.to_string_lossy().into_owned())
@@ -29,7 +30,7 @@ fn default_model_path(py: Python<'_>, python: Option<String>, force: bool) -> Py
 /// The cache directory the default model goes to (`$LORA_ENS_RS_CACHE` overrides it).
 #[pyfunction]
 fn cache_dir() -> String {
-    lora_ens::default_model::cache_dir()
+    lora_ens_cli::default_model::cache_dir()
         .to_string_lossy()
         .into_owned()
 }
@@ -38,7 +39,7 @@ fn cache_dir() -> String {
 #[pyfunction]
 fn sha256_file(py: Python<'_>, path: String) -> PyResult<String> {
     call(py, || {
-        lora_ens::default_model::sha256_file(std::path::Path::new(&path))
+        lora_ens::hash::sha256_file(std::path::Path::new(&path))
     })
 }
 
@@ -46,7 +47,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_model_path, m)?)?;
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_file, m)?)?;
-    m.add("DEFAULT_MODEL_SHA256", lora_ens::default_model::SHA256)?;
-    m.add("DEFAULT_MODEL_FILE", lora_ens::default_model::FILE_NAME)?;
+    m.add("DEFAULT_MODEL_SHA256", lora_ens_cli::default_model::SHA256)?;
+    m.add("DEFAULT_MODEL_FILE", lora_ens_cli::default_model::FILE_NAME)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Time the engine's batched forward pass on the default model (or a GGUF given as the first
-//! argument): `cargo run --release -p lora-ens --example forward_speed [-- MODEL [BATCH LEN]]`.
+//! Time the engine's batched forward pass on a GGUF model (the default one's path is what
+//! `lora-ens-rs fetch-model` prints):
+//! `cargo run --release -p lora-ens --example forward_speed -- MODEL [BATCH LEN]`.
 //! Prints prompts per second for label-only scoring, the way `benches/` measures it.
 
 use std::time::Instant;
@@ -10,9 +11,10 @@ use lora_ens::model::{KvCache, Llama, Logits};
 
 fn main() -> lora_ens::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = match args.next() {
-        Some(p) => p.into(),
-        None => lora_ens::default_model::default_model_path(None, &|m| eprintln!("{m}"))?,
+    let Some(path) = args.next() else {
+        return Err(lora_ens::Error::Input(
+            "usage: forward_speed MODEL.gguf [BATCH LEN]".to_owned(),
+        ));
     };
     let batch: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     let len: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(43);

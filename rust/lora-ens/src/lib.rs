@@ -7,12 +7,12 @@
 pub mod atomic;
 pub mod chat;
 pub mod data;
-pub mod default_model;
 pub mod device;
 pub mod ensemble;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod hash;
 pub mod kernels;
 pub mod linear;
 pub mod lora;

