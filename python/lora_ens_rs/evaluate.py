@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from lora_ens_rs import metrics
+from lora_ens_rs.atomic import write_file
 from lora_ens_rs.ensemble import Ensemble, Progress
 from lora_ens_rs.errors import InputError
-from lora_ens_rs.results import Scores, write_atomic
+from lora_ens_rs.results import Scores
 
 #: OOD scores, each higher for "more out of distribution": 1 - max probability, and entropy
 #: and mutual information divided by ln K (K options of the question).
@@ -193,14 +194,14 @@ def write_report(
     from lora_ens_rs import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    write_file(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     images = {
         "reliability.png": plots.reliability_diagram(curves, answers, n_bins),
         "confidence_when_wrong.png": plots.confidence_when_wrong(curves, answers),
     }
     for name, fig in images.items():
         plots.save(fig, out / name)
-    write_atomic(out / "report.md", markdown(result, list(images)))
+    write_file(out / "report.md", markdown(result, list(images)))
 
 
 def _row(name: str, m: dict[str, float]) -> str:

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from lora_ens_rs import data, metrics
+from lora_ens_rs.atomic import write_file
 from lora_ens_rs.ensemble import Ensemble
 from lora_ens_rs.errors import InputError
 from lora_ens_rs.evaluate import ensemble_scores, ood_metrics, single_scores
-from lora_ens_rs.results import write_atomic
 
 #: Test split of each dataset family (CommonsenseQA's test set has no answers: dev it is).
 TEST_SPLIT = {"csqa": "dev", "csqa-mini": "dev", "mmlu": "test"}
@@ -260,9 +260,9 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
         "seconds": time.perf_counter() - t_start,
         "rows": rows,
     }
-    write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_file(out / "results.json", json.dumps(results, indent=2) + "\n")
     images = _plots(out, curves, rows, cfg)
-    write_atomic(out / "results.md", _markdown(results, images))
+    write_file(out / "results.md", _markdown(results, images))
     _log(f"results: {out / 'results.md'} ({results['seconds'] / 60:.1f} min)")
     return results
 

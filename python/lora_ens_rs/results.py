@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from lora_ens_rs.atomic import write_file
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -118,7 +118,7 @@ class Scores:
         """
         text = json.dumps({"members": self.members, "questions": self.to_records(members)})
         if path is not None:
-            write_atomic(Path(path), text)
+            write_file(path, text)
         return text
 
 
@@ -150,18 +150,3 @@ class Generation:
 
     def __str__(self) -> str:
         return self.text
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory + rename, so
-    a reader never sees a half-written file and a failure leaves the old file intact."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
