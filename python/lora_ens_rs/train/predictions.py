@@ -1,9 +1,9 @@
 """Predictions of a trained ensemble in torch: members' probabilities, MC dropout, metrics.
 
-    from lora_ens_rs.train import predict, mc_dropout_probs, evaluate
+    from lora_ens_rs.train import predict, mc_dropout_probs, member_and_ensemble_metrics
     probs = predict(result, questions)                      # (N, M, K), dropout off
     samples = mc_dropout_probs(result, questions, samples=8)   # (N, T, K), one member
-    members, ensemble = evaluate(probs, answers)            # accuracy, NLL, Brier, ECE
+    members, ensemble = member_and_ensemble_metrics(probs, answers)  # accuracy, NLL, Brier, ECE
 
 ``result`` is what :func:`lora_ens_rs.train.train_ensemble` returned (or its ``model``);
 questions are dicts from :func:`lora_ens_rs.read_questions`, encoded with the run's scoring.
@@ -23,7 +23,7 @@ from lora_ens_rs.train.data import Example, Question, encode_questions
 from lora_ens_rs.train.model import EnsembleModel
 
 
-def evaluate(
+def member_and_ensemble_metrics(
     member_probs: np.ndarray, answers: np.ndarray
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Per-member and ensemble (mean of members) accuracy, NLL, Brier and ECE.
