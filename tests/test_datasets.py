@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_model_parity import DATA
+from support import DATA
 
 import lora_ens_rs
 from lora_ens_rs import data

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_model_parity import csqa_prompts
+from support import csqa_prompts
 
 import lora_ens_rs
 from lora_ens_rs import _core

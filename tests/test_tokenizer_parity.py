@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import unicodedata
 from pathlib import Path
 
 import pytest
+from support import DATA
 
 import lora_ens_rs
 from lora_ens_rs import MissingFileError, ModelLoadError, Tokenizer, TokenizerError
-
-DATA = Path(
-    os.environ.get("LORA_ENS_RS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
 
 # ---------------------------------------------------------------------------------------------
 # Corpus

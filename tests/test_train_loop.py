@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_model_parity import DATA
+from support import DATA
 
 import lora_ens_rs
 from lora_ens_rs.data import split
