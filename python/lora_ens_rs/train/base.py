@@ -152,7 +152,7 @@ def load_base(
         LoraEnsIOError: the cache cannot be written.
 
     Example:
-        >>> base = load_base("tests/fixtures/tiny/tiny-q8_0.gguf")
+        >>> base = load_base(tiny_gguf)  # the tiny test model
         >>> base.n_layer, base.tokenizer.encode(" A")
         (2, [330])
     """

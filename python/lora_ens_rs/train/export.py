@@ -1,8 +1,14 @@
 """Write a trained ensemble: one PEFT adapter directory per member plus ``ensemble.json``.
 
-    export_ensemble("runs/arc", stack, base, config=config.to_dict(), seeds=[0, 1, 2],
-                    labels=["A", "B", "C", "D"], scoring={"mode": "choices", ...},
-                    validation={...}, overwrite=False)
+    >>> out = export_ensemble("runs/csqa", result.model.stack, base_path=tiny_gguf,
+    ...                       base_sha256=None, alpha=16.0, dropout=0.1, rslora=False,
+    ...                       seeds=[0, 1], labels=["A", "B", "C", "D", "E"],
+    ...                       scoring={"mode": "choices", "normalization": "per_token"},
+    ...                       training=result.config.to_dict(), validation=None)
+    >>> sorted(p.name for p in out.iterdir()), sorted(p.name for p in (out / "m0").iterdir())
+    (['ensemble.json', 'm0', 'm1'], ['adapter_config.json', 'adapter_model.safetensors'])
+    >>> lora_ens_rs.Ensemble(tiny_gguf, out).members
+    ['m0', 'm1']
 
 Each member directory (``m0``, ``m1``, ...) holds ``adapter_config.json`` and
 ``adapter_model.safetensors`` with PEFT's keys

@@ -353,8 +353,9 @@ def train_ensemble(
         LoraEnsIOError: ``out`` exists without ``overwrite``, or a write fails.
 
     Example:
-        >>> result = train_ensemble(data="train.jsonl", out="runs/demo", members=3,
-        ...                         scoring="choices", layers="top4", epochs=2)
+        >>> result = train_ensemble(model=tiny_gguf, data=csqa_train, limit=24,
+        ...                         out="runs/demo", members=3, scoring="choices",
+        ...                         layers="top1", epochs=2, progress=False)
         >>> len(result.validation["members"]), result.out.name
         (3, 'demo')
     """
