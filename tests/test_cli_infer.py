@@ -140,7 +140,7 @@ def test_cli_and_python_api_give_identical_numbers(
 ) -> None:
     """The same 50 CommonsenseQA dev questions through `infer` and through `Ensemble`."""
     import numpy as np
-    from test_model_parity import DATA
+    from support import DATA
 
     import lora_ens_rs
 

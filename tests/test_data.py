@@ -8,29 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
+from support import DATA, csqa_prompts
 
 import lora_ens_rs
 from lora_ens_rs import _core
 
-DATA = Path(
-    os.environ.get("LORA_ENS_RS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"no benchmark data at {DATA}")
-
-
-def reference_csqa_prompts(path: Path) -> list[str]:
-    """The prompts tests/test_model_parity.py::csqa_prompts builds, for every line of `path`."""
-    prompts = []
-    with path.open() as f:
-        for line in f:
-            q = json.loads(line)["question"]
-            choices = "\n".join(f"{c['label']}. {c['text']}" for c in q["choices"])
-            prompts.append(f"Question: {q['stem']}\n{choices}\nAnswer:")
-    return prompts
 
 
 @needs_data
@@ -46,7 +32,7 @@ def test_csqa_dev_prompts_match_the_parity_test() -> None:
     assert first["subject"] is None
     assert all(q["answer"] is not None and len(q["choices"]) == 5 for q in questions)
     prompts = [_core.label_prompt(q["question"], q["choices"], q["labels"]) for q in questions]
-    assert prompts == reference_csqa_prompts(path)
+    assert prompts == csqa_prompts()
     assert len(_core.read_questions(str(path), format="csqa", limit=7)) == 7
 
 

@@ -4,11 +4,10 @@ CommonsenseQA subset."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
-from test_model_parity import DATA
+from support import DATA
 
 import lora_ens_rs
 from lora_ens_rs import data
@@ -38,16 +37,18 @@ def test_mmlu_groups_cover_every_subject_once() -> None:
     assert len(data.load("mmlu:anatomy", "test")) == 135
 
 
-def test_split_is_deterministic_and_order_free() -> None:
+def test_split_is_deterministic_exact_and_seeded() -> None:
     qs = data.load("csqa", "train", limit=2000)
     rest, held = data.split(qs, 0.1, seed=3)
-    assert len(rest) + len(held) == 2000 and 150 < len(held) < 250
-    shuffled = qs[:]
-    random.Random(0).shuffle(shuffled)
-    _, held2 = data.split(shuffled, 0.1, seed=3)
-    assert {q["id"] for q in held2} == {q["id"] for q in held}
+    assert len(rest) == 1800 and len(held) == 200
+    assert sorted(q["id"] for q in rest + held) == sorted(q["id"] for q in qs)
+    assert [q["id"] for q in held] == [q["id"] for q in qs if q in held]  # input order kept
+    assert data.split(qs, 0.1, seed=3) == (rest, held)
     _, other = data.split(qs, 0.1, seed=4)
     assert {q["id"] for q in other} != {q["id"] for q in held}
+    # At least one question on each side, whatever the fraction.
+    assert [len(part) for part in data.split(qs[:3], 0.01)] == [2, 1]
+    assert [len(part) for part in data.split(qs[:3], 0.99)] == [1, 2]
 
 
 def test_bundled_subset_matches_the_source_and_has_its_licence() -> None:
@@ -68,6 +69,8 @@ def test_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         data.load("mmlu:cooking")
     with pytest.raises(lora_ens_rs.InputError, match="fraction"):
         data.split([], 1.5)
+    with pytest.raises(lora_ens_rs.DataError, match="from 1 question"):
+        data.split(data.load("csqa-mini", "dev", limit=1))
     monkeypatch.setenv("LORA_ENS_RS_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(lora_ens_rs.InputError, match="LORA_ENS_RS_DATA"):
         data.load("csqa", "dev")

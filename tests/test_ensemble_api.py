@@ -3,16 +3,18 @@ ensemble: result objects, exports, threads, errors. (Numbers against PEFT: test_
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
-import threading
-import time
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_model_parity import csqa_prompts
+from support import csqa_prompts
 
 import lora_ens_rs
 from lora_ens_rs import _core
@@ -84,43 +86,62 @@ def test_threads_share_one_ensemble(ens: lora_ens_rs.Ensemble) -> None:
         np.testing.assert_array_equal(got.mutual_information, want.mutual_information)
 
 
-def test_engine_calls_release_the_gil(ens: lora_ens_rs.Ensemble) -> None:
-    """While the engine works (between its first progress report and its return), another
-    Python thread keeps running at a good fraction of its solo speed."""
+#: Run in a child process: a Python thread writes ``payload`` into the named pipe ``pipe`` while
+#: the main thread makes an engine call that reads the pipe and prints its result.
+GIL_PROBE = """
+import sys, threading
+import lora_ens_rs
+pipe, payload, call = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
 
-    def spin(stop: threading.Event) -> int:
-        ticks = 0
-        while not stop.is_set():
-            ticks += 1
-        return ticks
+def feed():
+    with open(pipe, "wb") as f:  # waits for the engine to open the pipe
+        f.write(payload)
 
-    solo_stop = threading.Event()
-    timer = threading.Timer(0.2, solo_stop.set)
-    timer.start()
-    t0 = time.perf_counter()
-    solo_rate = spin(solo_stop) / (time.perf_counter() - t0)
+threading.Thread(target=feed, daemon=True).start()
+print(eval(call))
+"""
 
-    started, done = threading.Event(), threading.Event()
 
-    def work() -> None:
-        ens.score_choices(
-            csqa_prompts(48) * 4,
-            [["yes", "no", "maybe"]],
-            batch_size=8,
-            progress=lambda d, t: started.set(),
+@pytest.mark.parametrize("call", ["read_questions", "sha256_file", "Ensemble"])
+def test_engine_calls_release_the_gil(
+    call: str, tiny_dir: Path, tiny_ensemble: Path, tmp_path: Path
+) -> None:
+    """An engine call that reads a named pipe cannot return before a Python thread has written
+    the pipe's contents, and that thread runs Python code only while the call does not hold
+    the GIL: a call that kept it would wait forever (the child process is then killed), so
+    passing does not depend on timing. Every binding releases the GIL through the same helper;
+    these three calls reach it from a free function, a hash and the Ensemble constructor."""
+    if call == "read_questions":
+        pipe = tmp_path / "questions.jsonl"
+        payload = json.dumps({"question": "Ice is", "choices": ["cold", "hot"]}).encode()
+        expr, want = f"lora_ens_rs.read_questions({str(pipe)!r})[0]['choices']", "['cold', 'hot']"
+    elif call == "sha256_file":
+        pipe = tmp_path / "model.gguf"
+        payload = np.random.default_rng(0).bytes(3 << 20)  # a pipe holds 64 KiB: many hand-offs
+        expr = f"lora_ens_rs._core.sha256_file({str(pipe)!r})"
+        want = hashlib.sha256(payload).hexdigest()
+    else:  # member m0's weights come through the pipe
+        member = tmp_path / "m0"
+        shutil.copytree(tiny_ensemble / "m0", member)
+        pipe = member / "adapter_model.safetensors"
+        payload = pipe.read_bytes()
+        pipe.unlink()
+        model = str(tiny_dir / "tiny-q8_0.gguf")
+        expr, want = f"lora_ens_rs.Ensemble({model!r}, {str(member)!r}).members", "['m0']"
+    os.mkfifo(pipe)
+    source = tmp_path / "payload"
+    source.write_bytes(payload)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", GIL_PROBE, str(pipe), str(source), expr],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
-        done.set()
-
-    worker = threading.Thread(target=work)
-    worker.start()
-    started.wait(timeout=60)
-    t0 = time.perf_counter()
-    ticks = spin(done)
-    rate = ticks / (time.perf_counter() - t0)
-    worker.join()
-    # Holding the GIL through the call would leave this thread only the brief progress
-    # callbacks; released, it runs at a large fraction of its solo speed.
-    assert rate > 0.1 * solo_rate, (rate, solo_rate)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{call} held the GIL while waiting for the pipe: the writer never ran")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == want
 
 
 def test_progress_callback(ens: lora_ens_rs.Ensemble) -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
-from test_metrics import loop_ece
-from test_model_parity import DATA
+from support import DATA, loop_ece
 
 import lora_ens_rs
 

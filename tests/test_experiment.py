@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_model_parity import DATA
+from support import DATA
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "lora-ens-rs")
 

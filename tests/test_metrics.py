@@ -13,6 +13,7 @@ from sklearn.metrics import (
     log_loss,
     roc_auc_score,
 )
+from support import loop_ece
 
 import lora_ens_rs
 from lora_ens_rs import metrics
@@ -22,20 +23,6 @@ def random_probs(rng: np.random.Generator, n: int, k: int, sharp: float = 1.0) -
     logits = rng.normal(size=(n, k)) * sharp
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
-
-
-def loop_ece(probs: np.ndarray, answers: np.ndarray, n_bins: int) -> float:
-    """ECE written out bin by bin: bin b holds confidences in (b/n, (b+1)/n], 0 in bin 0."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == answers
-    total = 0.0
-    for b in range(n_bins):
-        lo, hi = b / n_bins, (b + 1) / n_bins
-        inside = [(lo < c <= hi) or (b == 0 and c == 0.0) for c in conf]
-        idx = np.nonzero(inside)[0]
-        if len(idx):
-            total += len(idx) / len(conf) * abs(correct[idx].mean() - conf[idx].mean())
-    return total
 
 
 @pytest.mark.parametrize("seed", range(5))

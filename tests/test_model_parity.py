@@ -7,73 +7,15 @@ probabilities within 1e-3, full-vocabulary logits within 2e-2, identical greedy 
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from support import csqa_prompts, label_ids, load_reference, reference_last_logits, softmax
 
 from lora_ens_rs import _core
-
-DATA = Path(
-    os.environ.get("LORA_ENS_RS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
-LABELS = "ABCDE"
-
-
-def csqa_prompts(n: int) -> list[str]:
-    """The first `n` CommonsenseQA dev questions as lettered multiple-choice prompts."""
-    path = DATA / "commonsenseqa" / "dev_rand_split.jsonl"
-    prompts = []
-    with path.open() as f:
-        for line in itertools.islice(f, n):
-            q = json.loads(line)["question"]
-            choices = "\n".join(f"{c['label']}. {c['text']}" for c in q["choices"])
-            prompts.append(f"Question: {q['stem']}\n{choices}\nAnswer:")
-    return prompts
-
-
-def load_reference(path: str):
-    """transformers' tokenizer and fp32 model built from the GGUF file at `path`."""
-    directory, name = os.path.split(path)
-    tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    return tok, model.eval()
-
-
-def reference_last_logits(model, ids: list[list[int]], batch_size: int = 16) -> np.ndarray:
-    """transformers' last-position logits, right-padded batches with an attention mask."""
-    out = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start : start + batch_size]
-        width = max(map(len, chunk))
-        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
-        last = torch.tensor([len(s) - 1 for s in chunk])
-        out.append(logits[torch.arange(len(chunk)), last].numpy())
-    return np.concatenate(out)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def label_ids(tok) -> list[int]:
-    """The token of " A" ... " E" (the label as it follows "Answer:")."""
-    ids = [tok(" " + label, add_special_tokens=False)["input_ids"] for label in LABELS]
-    assert all(len(i) == 1 for i in ids), ids
-    return [i[0] for i in ids]
-
 
 # ---------------------------------------------------------------------------------------------
 # Tiny fixture model: every quantization type, tied and untied heads, ragged batches

@@ -10,71 +10,22 @@ only upper layers so the lower ones are the shared trunk.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from test_model_parity import (
+from peft_adapters import write_members
+from support import (
     csqa_prompts,
     label_ids,
     load_reference,
+    numpy_reduction,
     reference_last_logits,
     softmax,
 )
 
 import lora_ens_rs
 from lora_ens_rs import _core
-
-
-def member_configs(n_layer: int) -> list[LoraConfig]:
-    top = n_layer // 2
-    return [
-        LoraConfig(
-            r=8,
-            lora_alpha=16,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-            layers_to_transform=list(range(top, n_layer)),
-            use_rslora=True,
-        ),
-        LoraConfig(
-            r=4,
-            lora_alpha=8,
-            target_modules=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
-            rank_pattern={"down_proj": 2},
-            alpha_pattern={"gate_proj": 3},
-            layers_to_transform=list(range(top + 1, n_layer)),
-        ),
-        LoraConfig(
-            r=16,
-            lora_alpha=32,
-            target_modules=["k_proj", "o_proj"],
-            layers_to_transform=[n_layer - 1],
-        ),
-    ]
-
-
-def write_members(reference, out: Path, scale: float, seed: int = 0):
-    """Add the three members to `reference` as PEFT adapters m0..m2 with random A and B, save
-    them under `out/m0..m2`, and return the PEFT model."""
-    configs = member_configs(reference.config.num_hidden_layers)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PEFT warns about layers_to_transform on some versions
-        peft_model = get_peft_model(reference, configs[0], adapter_name="m0")
-        for i, config in enumerate(configs[1:], start=1):
-            peft_model.add_adapter(f"m{i}", config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(peft_model.named_parameters()):
-            if "lora_" in name:
-                p.copy_(scale * torch.randn(p.shape, generator=generator))
-    # No embedding LoRA here: skip PEFT's check for a changed vocabulary (it asks the hub).
-    peft_model.save_pretrained(
-        out, selected_adapters=["m0", "m1", "m2"], save_embedding_layers=False
-    )
-    return peft_model.eval()
 
 
 def peft_member_logits(peft_model, ids: list[list[int]], tokens: list[int]) -> np.ndarray:
@@ -84,23 +35,6 @@ def peft_member_logits(peft_model, ids: list[list[int]], tokens: list[int]) -> n
         peft_model.set_adapter(f"m{m}")
         out.append(reference_last_logits(peft_model, ids)[:, tokens])
     return np.stack(out, axis=1)
-
-
-def numpy_reduction(member_probs: np.ndarray) -> dict[str, np.ndarray]:
-    def entropy(p: np.ndarray) -> np.ndarray:
-        return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
-
-    probs = member_probs.mean(axis=1)
-    h = entropy(probs)
-    eh = entropy(member_probs).mean(axis=1)
-    return {
-        "probs": probs,
-        "prediction": probs.argmax(-1),
-        "confidence": probs.max(-1),
-        "entropy": h,
-        "expected_entropy": eh,
-        "mutual_information": h - eh,
-    }
 
 
 def check_members(engine, peft_model, adapter_dir: Path, ids, tokens, atol: float) -> None:

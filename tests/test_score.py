@@ -1,5 +1,5 @@
 """`Ensemble.score` and `Ensemble.score_choices` against PEFT on transformers' fp32 model of
-the same GGUF: three members with random non-zero adapters (tests/test_peft_parity.py).
+the same GGUF: three members with random non-zero adapters (`peft_adapters.write_members`).
 
 - label scoring: each member's softmax over the label tokens equals PEFT's (1e-3), and the
   ensemble arrays equal a NumPy reduction of the members' probabilities;
@@ -19,14 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from test_model_parity import DATA, csqa_prompts, load_reference, reference_last_logits, softmax
-from test_peft_parity import numpy_reduction, write_members
+from peft_adapters import write_members
+from support import (
+    DATA,
+    NORMALIZATIONS,
+    csqa_prompts,
+    load_reference,
+    numpy_reduction,
+    peft_choice_scores,
+    reference_last_logits,
+    softmax,
+)
 
 import lora_ens_rs
 from lora_ens_rs import _core
-
-NORMALIZATIONS = ("sum", "per_token", "per_byte")
 
 
 def arc_easy(n: int) -> tuple[list[str], list[list[str]]]:
@@ -45,53 +51,11 @@ def arc_easy(n: int) -> tuple[list[str], list[list[str]]]:
     return contexts, choices
 
 
-def peft_choice_scores(
-    peft_model, tok, contexts: list[str], choices: list[list[str]]
-) -> dict[str, np.ndarray]:
-    """Per normalisation, (N, M, K) choice log-likelihoods (-inf padding) from full-sequence
-    passes (context + choice, no cache) with each PEFT member active in turn."""
-    n, k = len(contexts), max(map(len, choices))
-    out = {norm: np.full((n, 3, k), -np.inf) for norm in NORMALIZATIONS}
-    seqs, where = [], []
-    for i, (context, options) in enumerate(zip(contexts, choices, strict=True)):
-        ctx = tok.encode(context)
-        for j, option in enumerate(options):
-            text = lora_ens_rs.choice_continuation(option)
-            cont = tok.encode(text, add_special_tokens=False)
-            seqs.append(ctx + cont)
-            where.append((i, j, len(ctx), len(cont), len(text.encode())))
-    for m in range(3):
-        peft_model.set_adapter(f"m{m}")
-        for start in range(0, len(seqs), 16):
-            chunk = seqs[start : start + 16]
-            width = max(map(len, chunk))
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, s in enumerate(chunk):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            with torch.no_grad():
-                logp = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits, -1)
-            for r, s in enumerate(chunk):
-                i, j, n_ctx, n_cont, n_bytes = where[start + r]
-                pos = torch.arange(n_ctx - 1, n_ctx - 1 + n_cont)
-                total = logp[r, pos, torch.tensor(s[n_ctx:])].double().sum().item()
-                out["sum"][i, m, j] = total
-                out["per_token"][i, m, j] = total / n_cont
-                out["per_byte"][i, m, j] = total / n_bytes
-    return out
-
-
-def masked_softmax(scores: np.ndarray) -> np.ndarray:
-    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def check_choices(ens, peft_model, tok, contexts, choices, atol: float) -> None:
     reference = peft_choice_scores(peft_model, tok, contexts, choices)
     for norm in NORMALIZATIONS:
         s = ens.score_choices(contexts, choices, normalization=norm, batch_size=7)
-        want = masked_softmax(reference[norm])
+        want = softmax(reference[norm])
         diff = np.abs(s.member_probs - want)
         print(f"choices/{norm}: member probs vs PEFT max {diff.max():.2e} mean {diff.mean():.2e}")
         assert diff.max() < atol, norm

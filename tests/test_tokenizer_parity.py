@@ -7,12 +7,12 @@ with <|im_start|>/<|im_end|>, and hand-written digit, unicode and whitespace cas
 token ids are identical for every string, decode(encode(s)) == s, and decode matches HF.
 
 One known difference is stated, not hidden: SmolLM2's `tokenizer.ggml.pre = smollm` splits every
-number character on its own before GPT-2's regex (llama.cpp does this, and SmolLM2's own
-tokenizer.json has `Digits(individual_digits=True)`: DESIGN.md trap 2), but transformers 5.x
-keeps only ByteLevel's regex when it builds the tokenizer from a GGUF. The engine follows the
-model, so the reference is transformers' tokenizer with that `Digits` step put back, and
-`test_only_the_digit_split_differs_from_transformers` checks that the strings where the engine
-and unmodified transformers disagree are exactly those the digit split changes.
+number character on its own before GPT-2's regex, so numbers are tokenized digit by digit
+(llama.cpp does this, and SmolLM2's own tokenizer.json has `Digits(individual_digits=True)`),
+but transformers 5.x keeps only ByteLevel's regex when it builds the tokenizer from a GGUF. The
+engine follows the model, so the reference is transformers' tokenizer with that `Digits` step
+put back, and `test_only_the_digit_split_differs_from_transformers` checks that the strings
+where the engine and unmodified transformers disagree are exactly those the digit split changes.
 Run: `pytest tests/test_tokenizer_parity.py` (slow: loads the real model, about a minute).
 """
 
@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import unicodedata
 from pathlib import Path
 
 import pytest
+from support import DATA
 
 import lora_ens_rs
 from lora_ens_rs import MissingFileError, ModelLoadError, Tokenizer, TokenizerError
-
-DATA = Path(
-    os.environ.get("LORA_ENS_RS_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
 
 # ---------------------------------------------------------------------------------------------
 # Corpus

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_model_parity import DATA
+from support import DATA
 
 import lora_ens_rs
 

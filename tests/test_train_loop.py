@@ -9,7 +9,8 @@
 - early stopping restores each member's best epoch;
 - resume: 1 epoch + resume to 2 equals 2 epochs straight, also after an interruption
   mid-epoch (with LoRA dropout, so the RNG state is restored too);
-- MC dropout returns (N, T, K) samples.
+- MC dropout returns (N, T, K) samples;
+- without validation data, the held-out questions are ``lora_ens_rs.data.split``'s.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_model_parity import DATA
+from support import DATA
 
 import lora_ens_rs
+from lora_ens_rs.data import split
 from lora_ens_rs.train import (
     TrainConfig,
     loop,
@@ -31,7 +33,7 @@ from lora_ens_rs.train import (
     predict,
     train_ensemble,
 )
-from lora_ens_rs.train.data import length_buckets
+from lora_ens_rs.train.data import length_buckets, load_questions
 from lora_ens_rs.train.model import EnsembleModel
 
 # One thread: on a busy 2-core machine two torch threads ran about 10x slower per step.
@@ -288,3 +290,14 @@ def test_missing_answers_are_a_data_error(tiny_dir: Path, questions) -> None:
     train[2]["answer"] = None
     with pytest.raises(lora_ens_rs.DataError, match="no valid answer"):
         train_ensemble(config(tiny_dir), train=train, val=questions[1])
+
+
+def test_validation_split_is_the_data_split() -> None:
+    qs = [{"id": f"q{i}"} for i in range(50)]
+    train, val = load_questions(TrainConfig(val_fraction=0.2, seed=7), train=qs)
+    assert (train, val) == split(qs, 0.2)
+    # The split that trained the published results: seed 20231001, round(N * fraction) held.
+    held = sorted(np.random.default_rng(20231001).permutation(50)[:10].tolist())
+    assert [q["id"] for q in val] == [f"q{i}" for i in held]
+    with pytest.raises(lora_ens_rs.DataError, match="pass val"):
+        load_questions(TrainConfig(), train=qs[:1])

@@ -17,8 +17,14 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
-from test_model_parity import DATA, load_reference, reference_last_logits, softmax
-from test_score import NORMALIZATIONS, masked_softmax, peft_choice_scores
+from support import (
+    DATA,
+    NORMALIZATIONS,
+    load_reference,
+    peft_choice_scores,
+    reference_last_logits,
+    softmax,
+)
 
 import lora_ens_rs
 from lora_ens_rs.train import TrainConfig, encode_questions, load_base, train_ensemble
@@ -126,7 +132,7 @@ def test_choice_members_match_peft_and_the_engine(tiny_dir: Path, choice_run) ->
     for norm in NORMALIZATIONS:
         examples = encode_questions(questions, tok, "choices", norm)
         mine = choice_run.model.member_probs(examples)
-        want = masked_softmax(reference[norm])
+        want = softmax(reference[norm])
         np.testing.assert_allclose(mine, want, atol=1e-5, rtol=0, err_msg=norm)
         s = ens.score_choices(contexts, choices, normalization=norm)
         np.testing.assert_allclose(s.member_probs, mine, atol=1e-3, rtol=0, err_msg=norm)

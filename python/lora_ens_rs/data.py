@@ -3,7 +3,7 @@
     from lora_ens_rs import data
     train = data.load("csqa", "train", limit=1000)        # list of question dicts
     test = data.load("mmlu:stem", "test")                  # an MMLU subject group
-    fit, val = data.split(train, fraction=0.1, seed=0)     # stable: by hashed question id
+    fit, val = data.split(train, fraction=0.1)             # the training validation split
 
 Files are read by the engine's readers (:func:`lora_ens_rs.read_questions`); prompts come from
 the shared template. Names resolve under the data directory (``$LORA_ENS_RS_DATA``, else
@@ -12,14 +12,15 @@ the shared template. Names resolve under the data directory (``$LORA_ENS_RS_DATA
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lora_ens_rs import _core, datasets
-from lora_ens_rs.errors import InputError
+from lora_ens_rs.errors import DataError, InputError
 
 Question = dict[str, Any]
 
@@ -91,6 +92,10 @@ FILES: dict[str, dict[str, str]] = {
 }
 #: MMLU splits: ``dev`` (5 per subject, few-shot), ``val`` and ``test``.
 MMLU_SPLITS = ("dev", "val", "test")
+#: Default seed of :func:`split`, the one training holds out its validation questions with
+#: (``TrainConfig.val_fraction``): fixed, so every member, every run and a resumed run hold out
+#: the same questions whatever their own seeds.
+SPLIT_SEED = 20231001
 
 
 def data_dir() -> Path:
@@ -180,19 +185,30 @@ def load(
 
 
 def split(
-    questions: Sequence[Question], fraction: float = 0.1, seed: int = 0
+    questions: Sequence[Question], fraction: float = 0.1, seed: int = SPLIT_SEED
 ) -> tuple[list[Question], list[Question]]:
-    """Split into (rest, held-out) deterministically: a question is held out when the hash of
-    ``seed`` and its id falls below ``fraction``, so the split does not depend on file order.
+    """Split into (rest, held-out) deterministically: ``round(N * fraction)`` questions are held
+    out (at least one, and at least one left), those at the first positions of a permutation of
+    ``0..N`` drawn with ``seed``; both parts keep the input order. With the default seed this
+    is training's validation split.
 
     Raises:
         InputError: ``fraction`` outside (0, 1).
+        DataError: fewer than 2 questions.
+
+    Example:
+        >>> rest, held = split([{"id": str(i)} for i in range(10)], 0.2)
+        >>> len(rest), len(held), held == split([{"id": str(i)} for i in range(10)], 0.2)[1]
+        (8, 2, True)
     """
     if not 0.0 < fraction < 1.0:
         raise InputError(f"fraction must be in (0, 1), got {fraction}")
-    rest, held = [], []
-    for q in questions:
-        digest = hashlib.sha256(f"{seed}:{q['id']}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        (held if u < fraction else rest).append(q)
-    return rest, held
+    n = len(questions)
+    if n < 2:
+        raise DataError(f"cannot hold out questions from {n} question(s)")
+    n_held = min(max(1, round(n * fraction)), n - 1)
+    held = set(np.random.default_rng(seed).permutation(n)[:n_held].tolist())
+    return (
+        [q for i, q in enumerate(questions) if i not in held],
+        [q for i, q in enumerate(questions) if i in held],
+    )

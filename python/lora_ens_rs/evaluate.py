@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from lora_ens_rs import metrics
+from lora_ens_rs.atomic import write_file
 from lora_ens_rs.ensemble import Ensemble, Progress
 from lora_ens_rs.errors import InputError
-from lora_ens_rs.results import Scores, write_atomic
+from lora_ens_rs.results import Scores
 
 #: OOD scores, each higher for "more out of distribution": 1 - max probability, and entropy
 #: and mutual information divided by ln K (K options of the question).
@@ -65,6 +66,7 @@ def ensemble_scores(s: Scores) -> dict[str, np.ndarray]:
 def ood_metrics(
     in_scores: dict[str, np.ndarray], out_scores: dict[str, np.ndarray]
 ) -> dict[str, dict[str, float]]:
+    """AUROC and AUPR of each OOD score (in-distribution vs out-of-distribution)."""
     out: dict[str, dict[str, float]] = {}
     for name in OOD_SCORES:
         if np.all(in_scores[name] == 0) and np.all(out_scores[name] == 0):
@@ -74,6 +76,45 @@ def ood_metrics(
             "aupr": metrics.ood_aupr(in_scores[name], out_scores[name]),
         }
     return out
+
+
+def member_metrics(s: Scores, answers: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """The ensemble's metrics, each member's, and the members' mean.
+
+    Returns:
+        ``{"ensemble": {...}, "members": [{...}, ...], "member_mean": {...}}``, each a
+        :func:`lora_ens_rs.metrics.summary`.
+    """
+    members = [
+        metrics.summary(s.member_probs[:, m], answers, n_bins)
+        for m in range(s.member_probs.shape[1])
+    ]
+    return {
+        "ensemble": metrics.summary(s.probs, answers, n_bins),
+        "members": members,
+        "member_mean": {k: float(np.mean([m[k] for m in members])) for k in members[0]},
+    }
+
+
+def ood_detection(in_s: Scores, out_s: Scores) -> dict[str, dict[str, dict[str, float]]]:
+    """OOD detection by the ensemble and by its first member alone, from its scores of
+    in-distribution and out-of-distribution questions: ``{"ensemble": ..., "one_member": ...}``
+    (:func:`ood_metrics` of each)."""
+    return {
+        "ensemble": ood_metrics(ensemble_scores(in_s), ensemble_scores(out_s)),
+        "one_member": ood_metrics(
+            single_scores(in_s.member_probs[:, 0], in_s.n_options),
+            single_scores(out_s.member_probs[:, 0], out_s.n_options),
+        ),
+    }
+
+
+def single_model_ood_detection(in_s: Scores, out_s: Scores) -> dict[str, dict[str, float]]:
+    """OOD detection by one model's predictive distribution (``probs``), such as the zero-shot
+    base's (:func:`ood_metrics`; mutual information is left out)."""
+    return ood_metrics(
+        single_scores(in_s.probs, in_s.n_options), single_scores(out_s.probs, out_s.n_options)
+    )
 
 
 def evaluate(
@@ -123,18 +164,12 @@ def evaluate(
     s = ensemble.score_questions(
         questions, mode, normalization=norm, batch_size=batch_size, progress=progress
     )
-    members = [
-        metrics.summary(s.member_probs[:, m], answers, n_bins)
-        for m in range(s.member_probs.shape[1])
-    ]
     result: dict[str, Any] = {
         "n_questions": len(questions),
         "scoring": {"mode": mode, "normalization": norm if mode == "choices" else None},
         "n_bins": n_bins,
         "members_names": s.members,
-        "ensemble": metrics.summary(s.probs, answers, n_bins),
-        "members": members,
-        "member_mean": {k: float(np.mean([m[k] for m in members])) for k in members[0]},
+        **member_metrics(s, answers, n_bins),
         "disagreement": {
             "mean_agreement": float(s.agreement.mean()),
             "mean_mutual_information": float(s.mutual_information.mean()),
@@ -160,22 +195,12 @@ def evaluate(
         o = ensemble.score_questions(
             ood_questions, mode, normalization=norm, batch_size=batch_size, progress=progress
         )
-        result["ood"] = {
-            "n_questions": len(ood_questions),
-            "ensemble": ood_metrics(ensemble_scores(s), ensemble_scores(o)),
-            "one_member": ood_metrics(
-                single_scores(s.member_probs[:, 0], s.n_options),
-                single_scores(o.member_probs[:, 0], o.n_options),
-            ),
-        }
+        result["ood"] = {"n_questions": len(ood_questions), **ood_detection(s, o)}
         if base is not None and base_scores is not None:
             ob = base.score_questions(
                 ood_questions, mode, normalization=norm, batch_size=batch_size, progress=progress
             )
-            result["ood"]["base"] = ood_metrics(
-                single_scores(base_scores.probs, base_scores.n_options),
-                single_scores(ob.probs, ob.n_options),
-            )
+            result["ood"]["base"] = single_model_ood_detection(base_scores, ob)
     result["seconds"] = time.perf_counter() - t0
     if report_dir is not None:
         write_report(Path(report_dir), result, curves, answers, n_bins)
@@ -193,14 +218,14 @@ def write_report(
     from lora_ens_rs import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    write_file(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     images = {
         "reliability.png": plots.reliability_diagram(curves, answers, n_bins),
         "confidence_when_wrong.png": plots.confidence_when_wrong(curves, answers),
     }
     for name, fig in images.items():
         plots.save(fig, out / name)
-    write_atomic(out / "report.md", markdown(result, list(images)))
+    write_file(out / "report.md", markdown(result, list(images)))
 
 
 def _row(name: str, m: dict[str, float]) -> str:

@@ -6,7 +6,8 @@ setting (none, weight decay, KL to the base, early stopping); OOD detection on o
     lora_ens_rs.experiment.run(PRESETS["small"], out="reports/small")
 
 Training is :func:`lora_ens_rs.train.train_ensemble` (torch); every evaluation runs in the Rust
-engine on the exported adapters. Writes ``results.json``, ``results.md`` and plots.
+engine on the exported adapters, with :mod:`lora_ens_rs.evaluate`'s metrics. Writes
+``results.json``, ``results.md`` and plots.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ from typing import Any
 import numpy as np
 
 from lora_ens_rs import data, metrics
+from lora_ens_rs.atomic import write_file
 from lora_ens_rs.cli import EXIT_OK, add_shared_options, run_subcommand, subcommand_about
 from lora_ens_rs.ensemble import Ensemble
 from lora_ens_rs.errors import InputError, MissingFileError
-from lora_ens_rs.evaluate import ensemble_scores, ood_metrics, single_scores
-from lora_ens_rs.results import write_atomic
+from lora_ens_rs.evaluate import (
+    answers_of,
+    member_metrics,
+    ood_detection,
+    single_model_ood_detection,
+)
 
 #: Test split of each dataset family (CommonsenseQA's test set has no answers: dev it is).
 TEST_SPLIT = {"csqa": "dev", "csqa-mini": "dev", "mmlu": "test"}
@@ -142,10 +148,6 @@ def _train_split(task: str) -> str:
     return "val" if task.partition(":")[0] == "mmlu" else "train"
 
 
-def _answers(qs: list[dict[str, Any]]) -> np.ndarray:
-    return np.array([q["answer"] for q in qs], dtype=np.int64)
-
-
 def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str, Any]:
     """Run the grid; returns the results (also ``out/results.json`` and ``out/results.md``).
 
@@ -174,7 +176,7 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
             name: data.load(name, _test_split(name), limit=cfg.ood_limit)
             for name in cfg.ood.get(task, [])
         }
-        answers = _answers(test_q)
+        answers = answers_of(test_q, task)
         for scoring in cfg.scorings:
             key = f"{task}/{scoring}"
             _log(f"== {key}: {len(train_q)} training, {len(test_q)} test questions")
@@ -183,10 +185,7 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
                      for n, q in ood_sets.items()}  # fmt: skip
             rows.append(
                 _row(task, scoring, "-", "zero-shot base", metrics.summary(b.probs, answers))
-                | _ood(
-                    single_scores(b.probs, b.n_options),
-                    {n: single_scores(s.probs, s.n_options) for n, s in b_ood.items()},
-                )
+                | _ood({n: single_model_ood_detection(b, o) for n, o in b_ood.items()})
             )
             curves[key] = {"zero-shot base": b.probs}
             # The grid's training settings are the ExperimentConfig fields named like
@@ -205,26 +204,19 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
                 s = ens.score_questions(test_q, scoring, normalization=cfg.normalization)
                 s_ood = {n: ens.score_questions(q, scoring, normalization=cfg.normalization)
                          for n, q in ood_sets.items()}  # fmt: skip
-                members = [
-                    metrics.summary(s.member_probs[:, m], answers) for m in range(cfg.members)
-                ]
-                single = {k: float(np.mean([m[k] for m in members])) for k in members[0]}
-                spread = {f"{k}_sd": float(np.std([m[k] for m in members])) for k in members[0]}
+                m = member_metrics(s, answers)
+                ood = {n: ood_detection(s, o) for n, o in s_ood.items()}
+                spread = {f"{k}_sd": float(np.std([x[k] for x in m["members"]]))
+                          for k in m["members"][0]}  # fmt: skip
                 rows.append(
-                    _row(task, scoring, name, "one LoRA (mean of members)", single | spread)
-                    | _ood(
-                        single_scores(s.member_probs[:, 0], s.n_options),
-                        {
-                            n: single_scores(o.member_probs[:, 0], o.n_options)
-                            for n, o in s_ood.items()
-                        },
-                    )
-                )
-                rows.append(
-                    _row(task, scoring, name, f"ensemble (M={cfg.members})",
-                         metrics.summary(s.probs, answers))
-                    | _ood(ensemble_scores(s), {n: ensemble_scores(o) for n, o in s_ood.items()})
+                    _row(task, scoring, name, "one LoRA (mean of members)",
+                         m["member_mean"] | spread)
+                    | _ood({n: d["one_member"] for n, d in ood.items()})
                 )  # fmt: skip
+                rows.append(
+                    _row(task, scoring, name, f"ensemble (M={cfg.members})", m["ensemble"])
+                    | _ood({n: d["ensemble"] for n, d in ood.items()})
+                )
                 curves[f"{key}/{name}"] = {
                     "one LoRA": s.member_probs[:, 0],
                     f"ensemble (M={cfg.members})": s.probs,
@@ -250,9 +242,9 @@ def run(config: ExperimentConfig | dict[str, Any], out: str | Path) -> dict[str,
         "seconds": time.perf_counter() - t_start,
         "rows": rows,
     }
-    write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_file(out / "results.json", json.dumps(results, indent=2) + "\n")
     images = _plots(out, curves, rows, cfg)
-    write_atomic(out / "results.md", _markdown(results, images))
+    write_file(out / "results.md", _markdown(results, images))
     _log(f"results: {out / 'results.md'} ({results['seconds'] / 60:.1f} min)")
     return results
 
@@ -269,9 +261,9 @@ def _row(task: str, scoring: str, setting: str, model: str, m: dict[str, float])
     return {"task": task, "scoring": scoring, "setting": setting, "model": model, **m}
 
 
-def _ood(in_scores: dict[str, np.ndarray], out: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """``ood``: per OOD set, AUROC/AUPR by each score."""
-    return {"ood": {name: ood_metrics(in_scores, o) for name, o in out.items()}} if out else {}
+def _ood(per_set: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """``ood``: per OOD set, AUROC/AUPR by each score (nothing without OOD sets)."""
+    return {"ood": per_set} if per_set else {}
 
 
 def _plots(

@@ -10,8 +10,6 @@ Each function returns a matplotlib Figure; :func:`save` writes it atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lora_ens_rs import metrics
+from lora_ens_rs.atomic import atomic_path
 
 
 def _plt() -> Any:
@@ -31,14 +30,11 @@ def _plt() -> Any:
 
 
 def save(fig: Any, path: Path) -> None:
-    """Write ``fig`` as PNG through a temporary file + rename, then close it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    """Write ``fig`` as PNG atomically (:func:`lora_ens_rs.atomic.atomic_path`), then close it."""
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path, fsync=False) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         _plt().close(fig)
 
 

@@ -10,10 +10,6 @@ the engine's typed classes (``lora_ens_rs._core``), re-exported here.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 from lora_ens_rs import _core
 
 #: The typed results, defined in the engine's bindings (one schema: ``Scores.to_records`` is
@@ -21,18 +17,3 @@ from lora_ens_rs import _core
 Scores = _core.Scores
 Reduced = _core.Reduced
 Generation = _core.Generation
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory + rename, so
-    a reader never sees a half-written file and a failure leaves the old file intact."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

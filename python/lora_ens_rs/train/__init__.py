@@ -11,7 +11,8 @@ Needs the ``train`` extra (torch, transformers, safetensors, tqdm). Modules: ``c
 (TrainConfig), ``base`` (the frozen base model from the GGUF, cached dequantized), ``lora``
 (stacked multi-member LoRA layers), ``data`` (questions, tokenization, packing, batches),
 ``objective`` (label / choice losses, KL), ``model`` (trunk caching, forward, MC dropout),
-``loop`` (train_ensemble), ``predictions`` (predict, mc_dropout_probs, evaluate), ``export``
+``loop`` (train_ensemble), ``predictions`` (predict, mc_dropout_probs,
+member_and_ensemble_metrics), ``export``
 (PEFT directories + ensemble.json), ``checkpoint`` (resume), ``cli`` (``train`` subcommand).
 """
 
@@ -28,7 +29,11 @@ if TYPE_CHECKING:
     from lora_ens_rs.train.loop import TrainResult, train_ensemble
     from lora_ens_rs.train.lora import LoraStack, MultiLoraLinear
     from lora_ens_rs.train.model import EnsembleModel
-    from lora_ens_rs.train.predictions import evaluate, mc_dropout_probs, predict
+    from lora_ens_rs.train.predictions import (
+        mc_dropout_probs,
+        member_and_ensemble_metrics,
+        predict,
+    )
 
 # Names are imported on first use, so `lora-ens-rs train --help` and the config need no torch.
 _WHERE = {
@@ -42,9 +47,9 @@ _WHERE = {
     "LoraStack": "lora",
     "MultiLoraLinear": "lora",
     "TrainResult": "loop",
-    "evaluate": "predictions",
     "load_questions": "data",
     "mc_dropout_probs": "predictions",
+    "member_and_ensemble_metrics": "predictions",
     "predict": "predictions",
     "train_ensemble": "loop",
     "EnsembleModel": "model",
@@ -59,11 +64,11 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "encode_questions",
-    "evaluate",
     "export_ensemble",
     "load_base",
     "load_questions",
     "mc_dropout_probs",
+    "member_and_ensemble_metrics",
     "parse_layers",
     "predict",
     "train_ensemble",

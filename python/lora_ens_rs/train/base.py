@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from lora_ens_rs import _core
+from lora_ens_rs.atomic import atomic_directory
 from lora_ens_rs.errors import InputError, LoraEnsIOError, MissingFileError, ModelLoadError
 
 #: Subdirectory of the cache holding dequantized base models.
@@ -109,7 +109,8 @@ def base_cache_path(sha256: str, cache_root: str | os.PathLike[str] | None = Non
 
 
 def _write_cache(model: nn.Module, target: Path) -> None:
-    """Save ``model`` as a model directory at ``target``, atomically (temp dir + rename).
+    """Save ``model`` as a model directory at ``target``, atomically (temp dir + rename);
+    a copy another process wrote there meanwhile is kept.
 
     transformers refuses ``save_pretrained`` on a model loaded from GGUF, so the config is
     written without its ``quantization_config`` and the weights with safetensors (tied
@@ -117,21 +118,15 @@ def _write_cache(model: nn.Module, target: Path) -> None:
     """
     from safetensors.torch import save_model
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
     try:
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent writer's copy
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target) as tmp:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    except FileExistsError:
+        if not (target / "config.json").is_file():  # not a concurrent writer's copy
+            raise
 
 
 def load_base(
@@ -157,7 +152,7 @@ def load_base(
         LoraEnsIOError: the cache cannot be written.
 
     Example:
-        >>> base = load_base("tests/fixtures/tiny/tiny-q8_0.gguf")
+        >>> base = load_base(tiny_gguf)  # the tiny test model
         >>> base.n_layer, base.tokenizer.encode(" A")
         (2, [330])
     """

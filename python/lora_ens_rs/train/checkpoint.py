@@ -14,12 +14,12 @@ improvement) and the per-epoch history, plus the config that produced it. It is 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lora_ens_rs.atomic import atomic_path
 from lora_ens_rs.errors import InputError, LoraEnsIOError
 from lora_ens_rs.train.config import RESUMABLE_CHANGES
 
@@ -44,16 +44,8 @@ def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any]) ->
     target = directory / FILE
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{FILE}.tmp-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"format": FORMAT, **state}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(target) as tmp:
+            torch.save({"format": FORMAT, **state}, tmp)
     except OSError as e:
         raise LoraEnsIOError(f"cannot write checkpoint {str(target)!r}: {e}") from e
     return target

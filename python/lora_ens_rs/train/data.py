@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import lora_ens_rs
-from lora_ens_rs import _core
+from lora_ens_rs import _core, data
 from lora_ens_rs.errors import DataError, InputError, LabelError, MissingFileError
 from lora_ens_rs.train.config import TrainConfig
 
@@ -338,21 +338,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch)]).permutation(n)
 
 
-def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed (seed-independent) split of ``n`` questions: (train indices, val indices).
-
-    At least one question stays on each side when ``n >= 2``. Both index lists are sorted.
-
-    Raises:
-        DataError: fewer than 2 questions.
-    """
-    if n < 2:
-        raise DataError(f"cannot hold out validation questions from {n} question(s); pass val")
-    n_val = min(max(1, round(n * fraction)), n - 1)
-    perm = np.random.default_rng(20231001).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
 def _read(path: str, config: TrainConfig, limit: int | None, what: str) -> list[Question]:
     if not Path(path).exists():
         raise MissingFileError(f"{what} file {path!r} does not exist")
@@ -372,7 +357,8 @@ def load_questions(
         val: validation questions (instead of ``config.val``).
 
     Returns:
-        ``(train, val)``; without ``val`` a fixed ``val_fraction`` of train is held out.
+        ``(train, val)``; without ``val`` a fixed ``val_fraction`` of train is held out
+        (:func:`lora_ens_rs.data.split`, the same questions whatever the seed).
 
     Raises:
         InputError: no training data given.
@@ -388,7 +374,10 @@ def load_questions(
     if val is None and config.val is not None:
         val = _read(config.val, config, config.val_limit, "validation data")
     if val is None:
-        keep, held = split_validation(len(train), config.val_fraction)
-        train, val = [train[i] for i in keep], [train[i] for i in held]
+        if len(train) < 2:
+            raise DataError(
+                f"cannot hold out validation questions from {len(train)} question(s); pass val"
+            )
+        train, val = data.split(train, config.val_fraction)
     val = list(val)[: config.val_limit] if config.val_limit is not None else list(val)
     return train, val

@@ -1,26 +1,30 @@
 """Write a trained ensemble: one PEFT adapter directory per member plus ``ensemble.json``.
 
-    export_ensemble("runs/arc", stack, base, config=config.to_dict(), seeds=[0, 1, 2],
-                    labels=["A", "B", "C", "D"], scoring={"mode": "choices", ...},
-                    validation={...}, overwrite=False)
+    >>> out = export_ensemble("runs/csqa", result.model.stack, base_path=tiny_gguf,
+    ...                       base_sha256=None, alpha=16.0, dropout=0.1, rslora=False,
+    ...                       seeds=[0, 1], labels=["A", "B", "C", "D", "E"],
+    ...                       scoring={"mode": "choices", "normalization": "per_token"},
+    ...                       training=result.config.to_dict(), validation=None)
+    >>> sorted(p.name for p in out.iterdir()), sorted(p.name for p in (out / "m0").iterdir())
+    (['ensemble.json', 'm0', 'm1'], ['adapter_config.json', 'adapter_model.safetensors'])
+    >>> lora_ens_rs.Ensemble(tiny_gguf, out).members
+    ['m0', 'm1']
 
 Each member directory (``m0``, ``m1``, ...) holds ``adapter_config.json`` and
 ``adapter_model.safetensors`` with PEFT's keys
 (``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`` [r, in], ``lora_B``
 [out, r]) in transformers' row order, so ``peft.PeftModel.from_pretrained`` loads it on
 transformers' model of the GGUF and ``lora_ens_rs.Ensemble`` on the GGUF itself. The whole
-directory is written into a temporary directory beside the target and renamed into place; an
-existing target is only replaced with ``overwrite=True``.
+directory is written into a temporary directory beside the target and renamed into place
+(:func:`lora_ens_rs.atomic.atomic_directory`); an existing target is only replaced with
+``overwrite=True``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from safetensors.torch import save_file
 
 import lora_ens_rs
 from lora_ens_rs import _core
+from lora_ens_rs.atomic import atomic_directory
 from lora_ens_rs.errors import LoraEnsIOError
 from lora_ens_rs.train.lora import PARENT, LoraStack
 
@@ -75,38 +80,6 @@ def adapter_config(
         "inference_mode": True,
         "revision": None,
     }
-
-
-@contextmanager
-def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; on success rename it to ``target``.
-
-    Args:
-        target: the directory to create.
-        overwrite: replace an existing ``target`` (else it is an error).
-
-    Raises:
-        LoraEnsIOError: ``target`` exists and ``overwrite`` is False, or a write fails.
-    """
-    target = Path(target)
-    check_writable(target, overwrite=overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            check_writable(target, overwrite=overwrite)
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, trash / "old")
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except OSError as e:
-        raise LoraEnsIOError(f"cannot write {str(target)!r}: {e}") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable(target: str | os.PathLike[str], *, overwrite: bool) -> None:
@@ -182,15 +155,21 @@ def export_ensemble(
         validation=validation,
         version=lora_ens_rs.__version__,
     )
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        for m, name in enumerate(members):
-            member_dir = tmp / name
-            member_dir.mkdir()
-            save_file(
-                member_tensors(stack, m),
-                str(member_dir / "adapter_model.safetensors"),
-                metadata={"format": "pt"},
-            )
-            (member_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / MANIFEST).write_text(manifest.to_json())
+    check_writable(out, overwrite=overwrite)
+    try:
+        with atomic_directory(out, replace=overwrite) as tmp:
+            for m, name in enumerate(members):
+                member_dir = tmp / name
+                member_dir.mkdir()
+                save_file(
+                    member_tensors(stack, m),
+                    str(member_dir / "adapter_model.safetensors"),
+                    metadata={"format": "pt"},
+                )
+                config_text = json.dumps(config, indent=2) + "\n"
+                (member_dir / "adapter_config.json").write_text(config_text)
+            (tmp / MANIFEST).write_text(manifest.to_json())
+    except OSError as e:
+        check_writable(out, overwrite=overwrite)  # ``out`` appeared while writing
+        raise LoraEnsIOError(f"cannot write {str(out)!r}: {e}") from e
     return Path(out)

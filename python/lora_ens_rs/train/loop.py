@@ -47,7 +47,7 @@ from lora_ens_rs.train.export import check_writable, export_ensemble
 from lora_ens_rs.train.lora import LoraStack
 from lora_ens_rs.train.model import EnsembleModel
 from lora_ens_rs.train.objective import row_losses
-from lora_ens_rs.train.predictions import evaluate
+from lora_ens_rs.train.predictions import member_and_ensemble_metrics
 
 #: The price of one more forward/backward pass in a step, in tokens: a step splits its rows
 #: into length buckets when that saves more padded tokens than this per extra pass. On
@@ -263,7 +263,7 @@ class _Trainer:
             probs = self.model.member_probs(
                 self.val, states=self.val_states, batch_size=self.config.eval_batch_size
             )
-            record["val"], record["ensemble"] = evaluate(probs, self.val_answers)
+            record["val"], record["ensemble"] = member_and_ensemble_metrics(probs, self.val_answers)
             self.early_stopping(record["val"])
         self.history.append(record)
         if self.config.progress:
@@ -316,7 +316,7 @@ class _Trainer:
         probs = self.model.member_probs(
             self.val, states=self.val_states, batch_size=self.config.eval_batch_size
         )
-        members, ensemble = evaluate(probs, self.val_answers)
+        members, ensemble = member_and_ensemble_metrics(probs, self.val_answers)
         if self.config.early_stopping is not None:
             for m, record in enumerate(members):
                 record["best_epoch"] = self.best_epoch[m]
@@ -353,8 +353,9 @@ def train_ensemble(
         LoraEnsIOError: ``out`` exists without ``overwrite``, or a write fails.
 
     Example:
-        >>> result = train_ensemble(data="train.jsonl", out="runs/demo", members=3,
-        ...                         scoring="choices", layers="top4", epochs=2)
+        >>> result = train_ensemble(model=tiny_gguf, data=csqa_train, limit=24,
+        ...                         out="runs/demo", members=3, scoring="choices",
+        ...                         layers="top1", epochs=2, progress=False)
         >>> len(result.validation["members"]), result.out.name
         (3, 'demo')
     """

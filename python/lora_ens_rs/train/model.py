@@ -1,10 +1,15 @@
 """`EnsembleModel`: the frozen base, its M-member LoRA stack and the scoring head, in torch.
 
-    model = EnsembleModel(base, stack, scoring="choices", normalization="per_token")
-    states = model.trunk(examples)                     # hidden states below the first adapter
-    logp, full = model.log_probs(batch, model.hidden_in(rows, examples, states))
-    probs = model.member_probs(examples)               # (N, M, K), eval mode
-    samples = model.mc_dropout_probs(examples, samples=8, member=0)   # (N, T, K)
+    >>> model = EnsembleModel(result.model.base, result.model.stack, scoring="choices",
+    ...                       normalization="per_token")   # the trained stack, M = 2
+    >>> states = model.trunk(examples[:4])   # hidden states below the first adapter
+    >>> rows = [0, 1, 2, 3]                  # member 0: questions 0, 1; member 1: 2, 3
+    >>> batch = collate([examples[i] for i in rows])
+    >>> logp, full = model.log_probs(batch, model.hidden_in(rows, examples, states, batch.width))
+    >>> model.member_probs(examples[:4]).shape   # (N, M, K), eval mode
+    (4, 2, 5)
+    >>> model.mc_dropout_probs(examples[:4], samples=8, member=0).shape   # (N, T, K)
+    (4, 8, 5)
 
 Layers below the lowest adapted layer k are the same for every member, so their output (the
 "trunk", computed once per question, without gradients) can be cached in memory and reused by

@@ -1,8 +1,14 @@
 """The training objective, matching the engine's two scoring modes.
 
-    scores = option_scores(hidden, batch, lm_head_weight, scoring="choices")   # (R, K)
-    logp = option_log_probs(scores, batch)                                     # log-softmax over K
-    loss, nll = row_losses(logp, batch, base_logp=..., kl=0.1)                # (R,)
+    >>> from lora_ens_rs.train.data import collate
+    >>> batch = collate(examples[:4])                 # 4 questions of 5 choices
+    >>> base = result.model.base
+    >>> hidden = torch.randn(batch.rows, batch.width, base.hidden_size)   # after the final norm
+    >>> scores, full = option_scores(hidden, batch, base.lm_head.weight, scoring="choices")
+    >>> logp = option_log_probs(scores, batch)        # (R, K) log-softmax over the options
+    >>> loss, nll = row_losses(logp, batch, base_logp=logp, kl=0.1)   # (R,) each
+    >>> tuple(logp.shape), full, bool(torch.equal(loss, nll))        # no KL to itself
+    ((4, 5), None, True)
 
 - labels: the logits of the label tokens at the prompt's last position; the softmax over those
   K tokens is the prediction (the engine's ``score``). With ``full_vocabulary`` the loss is the

@@ -1,9 +1,9 @@
 """Predictions of a trained ensemble in torch: members' probabilities, MC dropout, metrics.
 
-    from lora_ens_rs.train import predict, mc_dropout_probs, evaluate
+    from lora_ens_rs.train import predict, mc_dropout_probs, member_and_ensemble_metrics
     probs = predict(result, questions)                      # (N, M, K), dropout off
     samples = mc_dropout_probs(result, questions, samples=8)   # (N, T, K), one member
-    members, ensemble = evaluate(probs, answers)            # accuracy, NLL, Brier, ECE
+    members, ensemble = member_and_ensemble_metrics(probs, answers)  # accuracy, NLL, Brier, ECE
 
 ``result`` is what :func:`lora_ens_rs.train.train_ensemble` returned (or its ``model``);
 questions are dicts from :func:`lora_ens_rs.read_questions`, encoded with the run's scoring.
@@ -23,7 +23,7 @@ from lora_ens_rs.train.data import Example, Question, encode_questions
 from lora_ens_rs.train.model import EnsembleModel
 
 
-def evaluate(
+def member_and_ensemble_metrics(
     member_probs: np.ndarray, answers: np.ndarray
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Per-member and ensemble (mean of members) accuracy, NLL, Brier and ECE.
@@ -70,7 +70,9 @@ def predict(
         (N, M, K) float64, zero-padded; ``.mean(1)`` is the ensemble.
 
     Example:
-        >>> probs = predict(result, lora_ens_rs.read_questions("dev.jsonl", limit=100))
+        >>> probs = predict(result, questions)   # result = train_ensemble(...), 2 members
+        >>> probs.shape                          # 8 questions of 5 options
+        (8, 2, 5)
     """
     model = _model(trained)
     return model.member_probs(_encoded(model, questions), batch_size=batch_size)
@@ -104,8 +106,11 @@ def mc_dropout_probs(
         InputError: ``samples < 1`` or the adapters have no dropout and ``p`` is None.
 
     Example:
-        >>> mc = mc_dropout_probs(result, dev_questions, samples=5)
-        >>> metrics.nll(mc.mean(1), answers)
+        >>> mc = mc_dropout_probs(result, questions, samples=5)   # trained with dropout 0.1
+        >>> mc.shape
+        (8, 5, 5)
+        >>> bool(metrics.nll(mc.mean(1), answers) > 0)
+        True
     """
     model = _model(trained)
     return model.mc_dropout_probs(
