@@ -39,7 +39,7 @@ def test_generate_with_an_ensemble_matches_the_bindings(tiny_dir: Path) -> None:
     want = _core.Ensemble(model, [ensemble]).generate(
         "The sun is", max_new_tokens=8, temperature=0.7, top_p=0.9, seed=3
     )
-    assert out.stdout == want["text"] + "\n"
+    assert out.stdout == want.text + "\n"
 
 
 def test_generate_uncertainty_prints_a_table_after_the_text(tiny_dir: Path) -> None:
@@ -49,12 +49,12 @@ def test_generate_uncertainty_prints_a_table_after_the_text(tiny_dir: Path) -> N
     assert out.returncode == 0, out.stderr
     want = _core.Ensemble(model, [ensemble]).generate("Hello", max_new_tokens=5)
     text, table = out.stdout.split("\n\n", 1)
-    assert text == want["text"]
+    assert text == want.text
     rows = table.splitlines()
     assert rows[0].split() == ["token", "p", "entropy", "mi"]
-    assert len(rows) == len(want["tokens"]) + 1
+    assert len(rows) == len(want.tokens) + 1
     for row, p, h, mi in zip(
-        rows[1:], want["probs"], want["entropy"], want["mutual_information"], strict=True
+        rows[1:], want.probs, want.entropy, want.mutual_information, strict=True
     ):
         numbers = [float(x) for x in row.rsplit(maxsplit=3)[1:]]
         assert numbers == pytest.approx([p, h, mi], abs=5e-5)

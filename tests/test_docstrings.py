@@ -1,7 +1,9 @@
 """Every ``>>>`` example in the package's docstrings runs and prints what it shows.
 
 The examples run in a fresh directory (also ``tmp_path``) and may use ``tiny_gguf`` (the tiny
-fixture model), ``csqa_train`` (the bundled CommonsenseQA training file), ``result`` (a
+fixture model), ``tiny_ensemble`` (its 3-member ensemble) and ``ens`` (the two loaded),
+``tok`` (its tokenizer) and ``tiny_tokenizer_json`` (the HF tokenizer it was made from),
+``csqa_train`` (the bundled CommonsenseQA training file), ``result`` (a
 2-member ensemble trained on it with the tiny model, LoRA dropout 0.1), ``examples`` (its
 encoded training questions), ``questions`` and ``answers`` (8 bundled dev questions).
 """
@@ -24,11 +26,6 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 #: Modules whose examples are not run here, and why.
 SKIPPED = {
     "lora_ens_rs.__main__": "runs the command line when imported",
-    # Written in the bindings' doc comments (rust/lora-ens-py): they use files and names
-    # (``base.gguf``, ``ens/m0``, ``tok`` across docstrings) that a run does not have.
-    "lora_ens_rs._core": "examples in rust/lora-ens-py need runnable inputs",
-    # The examples below score with the default model and print its numbers.
-    "lora_ens_rs.ensemble": "examples need the default model; see test_ensemble_api.py",
     "lora_ens_rs.train.cli": "the example trains the default model on a file in the cwd",
 }
 #: Modules whose examples fetch or load the real default model.
@@ -63,6 +60,7 @@ def namespace(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     from lora_ens_rs.train import train_ensemble
 
     tiny_gguf = str(tiny_dir / "tiny-q8_0.gguf")
+    tiny_ensemble = str(tiny_dir / "ensemble")
     csqa_train = lora_ens_rs.datasets.path("commonsenseqa", "train")
     questions = data.load("csqa-mini", "dev", limit=8)
     result = train_ensemble(
@@ -78,6 +76,10 @@ def namespace(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     )
     return {
         "tiny_gguf": tiny_gguf,
+        "tiny_ensemble": tiny_ensemble,
+        "ens": lora_ens_rs.Ensemble(tiny_gguf, tiny_ensemble),
+        "tok": lora_ens_rs.Tokenizer.from_gguf(tiny_gguf),
+        "tiny_tokenizer_json": str(tiny_dir / "hf" / "tokenizer.json"),
         "csqa_train": str(csqa_train),
         "result": result,
         "examples": result.train_examples,

@@ -81,9 +81,12 @@ class Ensemble:
             fit the model, or its manifest names another base model (sha256).
 
     Example:
-        >>> ens = Ensemble(adapters=["m0", "m1", "m2"])
-        >>> ens.score(["Question: ...\\nA. yes\\nB. no\\nAnswer:"], labels=["A", "B"]).probs
-        array([[0.61, 0.39]], dtype=float32)
+        >>> ens = Ensemble(tiny_gguf, adapters=tiny_ensemble)   # a GGUF and an ensemble dir
+        >>> ens.members
+        ['m0', 'm1', 'm2']
+        >>> s = ens.score(["Question: Is ice cold?\\nA. yes\\nB. no\\nAnswer:"], labels=["A", "B"])
+        >>> s.probs.shape, bool(abs(s.probs.sum() - 1) < 1e-5)
+        ((1, 2), True)
     """
 
     def __init__(
@@ -177,9 +180,13 @@ class Ensemble:
             LabelError: an empty label.
 
         Example:
+            >>> prompts = [_core.label_prompt(q["question"], q["choices"], q["labels"])
+            ...            for q in questions]
             >>> s = ens.score(prompts, labels=["A", "B", "C", "D", "E"])
-            >>> s.prediction_labels[:3]
-            ['B', 'A', 'E']
+            >>> s.member_probs.shape, len(s.prediction_labels)
+            ((8, 3, 5), 8)
+            >>> set(s.prediction_labels) <= {"A", "B", "C", "D", "E"}
+            True
         """
         prompts = list(prompts)
         lists = _per_question(self.labels if labels is None else labels, len(prompts), "labels")
@@ -313,7 +320,10 @@ class Ensemble:
 
         Example:
             >>> g = ens.generate("The capital of France is", max_new_tokens=8)
-            >>> g.text, g.mutual_information.max()
+            >>> len(g.tokens) <= 8, len(g.entropy) == len(g.tokens)
+            (True, True)
+            >>> bool((g.mutual_information >= 0).all())
+            True
         """
         return self._core.generate(
             prompt,

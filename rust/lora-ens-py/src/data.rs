@@ -54,9 +54,9 @@ fn parse_format(name: Option<&str>) -> lora_ens::Result<Option<Format>> {
 ///     InputError: ``format`` is not a known name.
 ///
 /// Example:
-///     >>> qs = read_questions("commonsenseqa/dev_rand_split.jsonl", limit=1)
-///     >>> qs[0]["labels"], qs[0]["answer"]
-///     (['A', 'B', 'C', 'D', 'E'], 0)
+///     >>> qs = read_questions(csqa_train, limit=2)     # a CommonsenseQA JSONL file
+///     >>> len(qs), qs[0]["labels"], type(qs[0]["answer"]).__name__
+///     (2, ['A', 'B', 'C', 'D', 'E'], 'int')
 #[pyfunction]
 #[pyo3(signature = (path, format=None, limit=None))]
 fn read_questions<'py>(

@@ -20,7 +20,7 @@ use crate::model::Model;
 /// are kept in the GGUF's (llama.cpp-permuted) row order.
 ///
 /// Example:
-///     >>> a = LoraAdapter.load("ens/m0", Model("base.gguf"))
+///     >>> a = LoraAdapter.load(tiny_ensemble + "/m0", Model(tiny_gguf))
 ///     >>> a.modules[:2]
 ///     [(0, 'q_proj'), (0, 'v_proj')]
 #[pyclass(module = "lora_ens_rs._core", frozen)]

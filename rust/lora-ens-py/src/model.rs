@@ -20,7 +20,7 @@ use crate::lora::LoraAdapter;
 ///     device: ``"cpu"`` (default) or ``"cuda:N"`` in CUDA builds.
 ///
 /// Example:
-///     >>> m = Model(lora_ens_rs.default_model_path())
+///     >>> m = Model(tiny_gguf)                       # a GGUF file
 ///     >>> m.logits([[1, 2, 3]], token_ids=[330, 331]).shape
 ///     (1, 2)
 #[pyclass(module = "lora_ens_rs._core", frozen)]

@@ -14,8 +14,7 @@ use crate::error::call;
 /// such as `<|im_start|>`, are kept whole.
 ///
 /// Example:
-///     >>> import lora_ens_rs
-///     >>> tok = lora_ens_rs.Tokenizer.from_gguf(lora_ens_rs.default_model_path())
+///     >>> tok = Tokenizer.from_gguf(tiny_gguf)       # a GGUF file with its vocabulary
 ///     >>> tok.decode(tok.encode("<|im_start|>user\nHi!<|im_end|>"))
 ///     '<|im_start|>user\nHi!<|im_end|>'
 #[pyclass(frozen, name = "Tokenizer", module = "lora_ens_rs._core")]
@@ -39,7 +38,8 @@ impl Tokenizer {
     ///     TokenizerError: the tokenizer kind or pre-tokenizer is not supported.
     ///
     /// Example:
-    ///     >>> tok = Tokenizer.from_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    ///     >>> Tokenizer.from_gguf(tiny_gguf).vocab_size > 0
+    ///     True
     #[staticmethod]
     fn from_gguf(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
         let inner = call(py, || {
@@ -65,7 +65,9 @@ impl Tokenizer {
     ///     TokenizerError: the file is malformed or uses a feature not supported here.
     ///
     /// Example:
-    ///     >>> tok = Tokenizer.from_file("SmolLM2-135M-Instruct/tokenizer.json")
+    ///     >>> hf = Tokenizer.from_file(tiny_tokenizer_json)   # an HF tokenizer.json
+    ///     >>> hf.encode("Hello world") == tok.encode("Hello world")
+    ///     True
     #[staticmethod]
     fn from_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
         let inner = call(py, || lora_ens::tokenizer::Tokenizer::from_file(&path))?;
@@ -85,7 +87,9 @@ impl Tokenizer {
     ///     The ids, as a list of ints.
     ///
     /// Example:
-    ///     >>> tok.encode("Question: 2 + 2 =")
+    ///     >>> ids = tok.encode("Question: 2 + 2 =")
+    ///     >>> tok.decode(ids)
+    ///     'Question: 2 + 2 ='
     #[pyo3(signature = (text, add_special_tokens=false))]
     fn encode(&self, py: Python<'_>, text: String, add_special_tokens: bool) -> PyResult<Vec<u32>> {
         call(py, || self.inner.encode(&text, add_special_tokens))
@@ -101,7 +105,8 @@ impl Tokenizer {
     ///     One list of ids per text, in order.
     ///
     /// Example:
-    ///     >>> tok.encode_batch(["A. red", "B. blue"])
+    ///     >>> tok.encode_batch(["A. red", "B. blue"]) == [tok.encode("A. red"), tok.encode("B. blue")]
+    ///     True
     #[pyo3(signature = (texts, add_special_tokens=false))]
     fn encode_batch(
         &self,
