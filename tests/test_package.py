@@ -49,6 +49,13 @@ def test_python_dash_m_runs_the_same_cli() -> None:
 
 
 def test_every_engine_error_class_exists_with_its_builtin() -> None:
+    # One list, both ways: the classes the bindings raise are exactly the package's.
+    defined = {
+        name
+        for name, cls in vars(errors).items()
+        if isinstance(cls, type) and issubclass(cls, errors.LoraEnsError)
+    }
+    assert defined - {"LoraEnsError"} == set(_core._ERROR_CLASSES)
     for name in _core._ERROR_CLASSES:
         cls = getattr(errors, name)
         assert issubclass(cls, errors.LoraEnsError), name

@@ -26,8 +26,8 @@ pub const ERROR_CLASSES: [&str; 12] = [
     "EngineError",
 ];
 
-/// The Python exception class name for an engine error: one exhaustive match, whose every
-/// arm is checked to be in [`ERROR_CLASSES`] by a test.
+/// The Python exception class name for an engine error: one exhaustive match, each arm a
+/// name of [`ERROR_CLASSES`] (asserted in debug builds where the exception is raised).
 fn class_name(err: &Error) -> &'static str {
     match err {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -56,6 +56,7 @@ fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyTy
 }
 
 fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
+    debug_assert!(ERROR_CLASSES.contains(&name), "{name} is not in ERROR_CLASSES");
     match exception_class(py, name) {
         Ok(cls) => PyErr::from_type(cls, (message,)),
         Err(e) => e,

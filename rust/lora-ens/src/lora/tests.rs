@@ -315,3 +315,23 @@ fn ensemble_manifest_members_and_base_hash() {
     let got = adapter_reason(load(&paths, None));
     assert!(got.contains("non-empty list"), "{got}");
 }
+
+#[test]
+fn manifest_template_and_scoring_are_checked() {
+    let file = Path::new("ens/ensemble.json");
+    let parse = |v: serde_json::Value| EnsembleManifest::from_json(&v.to_string(), file);
+    let m = parse(json!({"members": ["m0"], "prompt_template": "qa-v1",
+                         "scoring": {"mode": "labels", "normalization": "per_byte"}}))
+    .unwrap();
+    assert_eq!(m.prompt_template.as_deref(), Some("qa-v1"));
+    let s = m.scoring.unwrap();
+    assert_eq!(s.mode, Some(crate::questions::Scoring::Labels));
+    assert_eq!(s.normalization, Some(crate::score::Normalization::PerByte));
+    let got = adapter_reason(parse(json!({"members": ["m0"], "prompt_template": "qa-v9"})));
+    assert!(got.contains("qa-v9") && got.contains("qa-v1"), "{got}");
+    let got = adapter_reason(parse(json!({"members": ["m0"], "scoring": {"mode": "vibes"}})));
+    assert!(got.contains("scoring.mode") && got.contains("vibes"), "{got}");
+    let got = adapter_reason(parse(json!({"members": ["m0"], "seeds": [-1]})));
+    assert!(got.contains("seeds"), "{got}");
+}
+
