@@ -1,6 +1,8 @@
 //! Malformed model files and inputs each produce their documented, typed error (never a
 //! panic). Uses the tiny fixture model written by `make fixtures`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a failed test
+
 mod common;
 
 use std::fs;

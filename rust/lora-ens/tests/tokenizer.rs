@@ -2,6 +2,8 @@
 //! metadata keys it reads, token types, special-token flags, and the typed errors for what
 //! it refuses. Run with `cargo test -p lora-ens --test tokenizer`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a failed test
+
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
