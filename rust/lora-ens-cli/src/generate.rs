@@ -6,8 +6,8 @@
 
 use clap::Args;
 use lora_ens::Result;
+use lora_ens::Tokenizer;
 use lora_ens::generate::{GenerateOptions, Generation};
-use lora_ens::tokenizer::Tokenizer;
 
 use crate::{Context, ModelArgs};
 

@@ -127,7 +127,7 @@ pub fn run(args: &InferArgs, ctx: &Context) -> Result<()> {
 /// The scoring spec of `args`: the flags, else the ensemble manifest's, else the defaults.
 pub fn scoring_spec(
     args: &InferArgs,
-    manifest: Option<&lora_ens::lora::EnsembleManifest>,
+    manifest: Option<&lora_ens::EnsembleManifest>,
 ) -> Result<ScoringSpec> {
     let norm = args
         .normalization

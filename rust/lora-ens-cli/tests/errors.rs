@@ -3,6 +3,8 @@
 //! existing file unchanged.
 //! Run: `cargo test -p lora-ens-cli --test errors` (after `make fixtures`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a failed test
+
 mod common;
 
 use std::path::Path;

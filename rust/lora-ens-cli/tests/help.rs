@@ -2,6 +2,8 @@
 //! the Python package too), and those Python subcommands stop with exit code 2 and a message
 //! saying where they run. Run: `cargo test -p lora-ens-cli --test help`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a failed test
+
 use std::process::Command;
 
 fn binary(args: &[&str]) -> std::process::Output {

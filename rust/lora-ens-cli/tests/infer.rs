@@ -5,6 +5,8 @@
 //! questions when the benchmark data is there.
 //! Run: `cargo test -p lora-ens-cli --test infer` (after `make fixtures`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a failed test
+
 mod common;
 
 use std::path::{Path, PathBuf};

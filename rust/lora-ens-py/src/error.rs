@@ -56,7 +56,10 @@ fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyTy
 }
 
 fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
-    debug_assert!(ERROR_CLASSES.contains(&name), "{name} is not in ERROR_CLASSES");
+    debug_assert!(
+        ERROR_CLASSES.contains(&name),
+        "{name} is not in ERROR_CLASSES"
+    );
     match exception_class(py, name) {
         Ok(cls) => PyErr::from_type(cls, (message,)),
         Err(e) => e,

@@ -10,6 +10,7 @@ mod default_model;
 mod ensemble;
 mod error;
 mod generate;
+mod handles;
 mod lora;
 mod metrics;
 mod model;

@@ -4,36 +4,19 @@
 
 use std::path::PathBuf;
 
-use lora_ens::Error;
-use lora_ens::lora::{self as engine, Target};
+use lora_ens::{Error, LoraModule, Target};
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 
 use crate::error::call;
-use crate::model::Model;
-
-/// A PEFT LoRA adapter directory, validated against a base model.
-///
-/// Refused with ``AdapterError`` (message naming the file and feature): DoRA, bias,
-/// modules_to_save, embedding / lm_head LoRA, fan_in_fan_out, unknown targets, shapes of
-/// another model, non-finite values, missing or malformed files. q_proj / k_proj updates
-/// are kept in the GGUF's (llama.cpp-permuted) row order.
-///
-/// Example:
-///     >>> a = LoraAdapter.load(tiny_ensemble + "/m0", Model(tiny_gguf))
-///     >>> a.modules[:2]
-///     [(0, 'q_proj'), (0, 'v_proj')]
-#[pyclass(module = "lora_ens_rs._core", frozen)]
-pub struct LoraAdapter {
-    pub(crate) inner: engine::LoraAdapter,
-}
+use crate::handles::{LoraAdapter, Model};
 
 /// Parse `target` (HF `q_proj` or GGUF `attn_q`) and find the module of `layer`.
 fn module<'a>(
-    a: &'a engine::LoraAdapter,
+    a: &'a lora_ens::LoraAdapter,
     layer: usize,
     target: &str,
-) -> lora_ens::Result<&'a engine::LoraModule> {
+) -> lora_ens::Result<&'a LoraModule> {
     let t = Target::from_name(target).ok_or_else(|| {
         Error::Input(format!(
             "unknown target `{target}` (expected one of {})",
@@ -63,7 +46,7 @@ impl LoraAdapter {
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf, model: PyRef<'_, Model>) -> PyResult<Self> {
         let base = model.llama_config().clone();
-        let inner = call(py, || engine::LoraAdapter::load(&path, &base))?;
+        let inner = call(py, || lora_ens::LoraAdapter::load(&path, &base))?;
         Ok(Self { inner })
     }
 
@@ -158,7 +141,7 @@ fn load_adapters(
         let sha = || Ok(base_sha256.clone().unwrap_or_default());
         let check: Option<&dyn Fn() -> lora_ens::Result<String>> =
             base_sha256.is_some().then_some(&sha);
-        engine::load_adapters(&paths, &base, check).map(|(adapters, _)| adapters)
+        lora_ens::load_adapters(&paths, &base, check).map(|(adapters, _)| adapters)
     })?;
     Ok(adapters
         .into_iter()
@@ -189,11 +172,11 @@ fn load_adapters(
 ///     ('choices', ['m0', 'm1'])
 #[pyclass(module = "lora_ens_rs._core", frozen)]
 pub struct EnsembleManifest {
-    inner: engine::EnsembleManifest,
+    inner: lora_ens::EnsembleManifest,
 }
 
-impl From<engine::EnsembleManifest> for EnsembleManifest {
-    fn from(inner: engine::EnsembleManifest) -> Self {
+impl From<lora_ens::EnsembleManifest> for EnsembleManifest {
+    fn from(inner: lora_ens::EnsembleManifest) -> Self {
         Self { inner }
     }
 }
@@ -256,7 +239,10 @@ impl EnsembleManifest {
         }
         let text = value.to_string();
         let inner = call(py, || {
-            engine::EnsembleManifest::from_json(&text, std::path::Path::new(engine::MANIFEST_FILE))
+            lora_ens::EnsembleManifest::from_json(
+                &text,
+                std::path::Path::new(lora_ens::MANIFEST_FILE),
+            )
         })?;
         Ok(Self { inner })
     }
@@ -264,7 +250,7 @@ impl EnsembleManifest {
     /// Read ``path``: an ensemble directory or its ``ensemble.json``.
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        call(py, || engine::EnsembleManifest::load(&path)).map(Self::from)
+        call(py, || lora_ens::EnsembleManifest::load(&path)).map(Self::from)
     }
 
     /// The ``ensemble.json`` file it was read from (``ensemble.json`` when built in memory).

@@ -17,13 +17,18 @@ fn rows(probs: &Probs<'_>) -> (Vec<f64>, usize) {
     (probs.as_array().iter().copied().collect(), k)
 }
 
+/// The engine's accuracy / nll / brier: `(probs (N, K), K, valid, answers) -> value`.
+type Metric = fn(&[f64], usize, Option<&[usize]>, &[usize]) -> lora_ens::Result<f64>;
+
+/// Reliability bins as NumPy arrays: `(count, accuracy, confidence)`, each `(n_bins,)`.
+type Bins<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+);
+
 /// `name(probs, answers)` for one of accuracy / nll / brier.
-fn scalar(
-    py: Python<'_>,
-    probs: Probs<'_>,
-    answers: Vec<usize>,
-    f: fn(&[f64], usize, Option<&[usize]>, &[usize]) -> lora_ens::Result<f64>,
-) -> PyResult<f64> {
+fn scalar(py: Python<'_>, probs: Probs<'_>, answers: Vec<usize>, f: Metric) -> PyResult<f64> {
     let (p, k) = rows(&probs);
     call(py, || f(&p, k, None, &answers))
 }
@@ -55,11 +60,7 @@ fn reliability<'py>(
     probs: Probs<'py>,
     answers: Vec<usize>,
     n_bins: usize,
-) -> PyResult<(
-    Bound<'py, PyArray1<i64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-)> {
+) -> PyResult<Bins<'py>> {
     let (p, k) = rows(&probs);
     let r = call(py, || {
         lora_ens::metrics::reliability(&p, k, None, &answers, n_bins)

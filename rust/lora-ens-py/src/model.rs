@@ -3,31 +3,13 @@
 
 use std::path::PathBuf;
 
-use lora_ens::gguf::GgufFile;
-use lora_ens::model::{KvCache, Llama, Logits};
-use lora_ens::multi_lora::MultiLora;
+use lora_ens::{KvCache, Llama, LlamaConfig, Logits};
 use numpy::{PyArray2, PyArray3, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::call;
-use crate::lora::LoraAdapter;
-
-/// A LLaMA-family model loaded from a GGUF file (weights stay quantized).
-///
-/// Args:
-///     path: the GGUF file.
-///     device: ``"cpu"`` (default) or ``"cuda:N"`` in CUDA builds.
-///
-/// Example:
-///     >>> m = Model(tiny_gguf)                       # a GGUF file
-///     >>> m.logits([[1, 2, 3]], token_ids=[330, 331]).shape
-///     (1, 2)
-#[pyclass(module = "lora_ens_rs._core", frozen)]
-pub struct Model {
-    inner: Llama,
-    path: PathBuf,
-}
+use crate::handles::{LoraAdapter, Model};
 
 #[pymethods]
 impl Model {
@@ -35,9 +17,8 @@ impl Model {
     #[pyo3(signature = (path, device="cpu"))]
     fn new(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
         let inner = call(py, || {
-            let device = lora_ens::device::parse_device(device)?;
-            let mut gguf = GgufFile::open(&path)?;
-            Llama::load(&mut gguf, &device)
+            let device = lora_ens::parse_device(device)?;
+            Llama::open(&path, &device)
         })?;
         Ok(Self { inner, path })
     }
@@ -83,20 +64,9 @@ impl Model {
             .map_or(self.inner.config().vocab_size, Vec::len);
         let n = prompts.len();
         let flat = call(py, || {
-            if batch_size == 0 {
-                return Err(lora_ens::Error::Input(
-                    "batch_size must be at least 1".to_owned(),
-                ));
-            }
-            let mut flat = Vec::with_capacity(n * width);
-            for chunk in prompts.chunks(batch_size) {
-                let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-                let mut caches = vec![KvCache::default(); seqs.len()];
-                let want = token_ids.as_deref().map_or(Logits::Full, Logits::Tokens);
-                let out = self.inner.forward(&seqs, &mut caches, want)?;
-                flat.extend(out.flatten_all()?.to_vec1::<f32>()?);
-            }
-            Ok(flat)
+            let want = token_ids.as_deref().map_or(Logits::Full, Logits::Tokens);
+            // The base alone is one member: (N, 1, K) is (N, K).
+            self.inner.member_logits(&prompts, &[], want, batch_size)
         })?;
         let arr = numpy::PyArray1::from_vec(py, flat);
         arr.reshape([n, width])
@@ -123,43 +93,16 @@ impl Model {
         token_ids: Option<Vec<u32>>,
         batch_size: usize,
     ) -> PyResult<Bound<'py, PyArray3<f32>>> {
-        let config = self.inner.config();
-        let width = token_ids.as_ref().map_or(config.vocab_size, Vec::len);
-        let members: Vec<&lora_ens::lora::LoraAdapter> =
-            adapters.iter().map(|a| &a.inner).collect();
-        let lora = if members.is_empty() {
-            None
-        } else {
-            Some(
-                MultiLora::from_adapters(&members, config.n_layer, self.inner.device())
-                    .map_err(crate::error::to_pyerr)?,
-            )
-        };
+        let width = token_ids
+            .as_ref()
+            .map_or(self.inner.config().vocab_size, Vec::len);
+        let members: Vec<&lora_ens::LoraAdapter> = adapters.iter().map(|a| &a.inner).collect();
         let n_members = members.len().max(1);
         let n = prompts.len();
         let flat = call(py, || {
-            if batch_size == 0 {
-                return Err(lora_ens::Error::Input(
-                    "batch_size must be at least 1".to_owned(),
-                ));
-            }
-            let mut flat = vec![0f32; n * n_members * width];
-            for (c, chunk) in prompts.chunks(batch_size).enumerate() {
-                let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-                let mut caches = vec![KvCache::default(); seqs.len() * n_members];
-                let want = token_ids.as_deref().map_or(Logits::Full, Logits::Tokens);
-                // (M, B, K) -> (B, M, K)
-                let out = self
-                    .inner
-                    .forward_members(&seqs, lora.as_ref(), &mut caches, want)?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let at = c * batch_size * n_members * width;
-                flat[at..at + out.len()].copy_from_slice(&out);
-            }
-            Ok(flat)
+            let want = token_ids.as_deref().map_or(Logits::Full, Logits::Tokens);
+            self.inner
+                .member_logits(&prompts, &members, want, batch_size)
         })?;
         let arr = numpy::PyArray1::from_vec(py, flat);
         arr.reshape([n, n_members, width])
@@ -180,8 +123,7 @@ impl Model {
         stop_ids: Vec<u32>,
     ) -> PyResult<Vec<u32>> {
         call(py, || {
-            self.inner
-                .generate_greedy(&prompt, max_new_tokens, &stop_ids)
+            greedy(&self.inner, &prompt, max_new_tokens, &stop_ids)
         })
     }
 
@@ -200,18 +142,33 @@ impl Model {
     }
 }
 
-impl Model {
-    /// The engine's config of the loaded model, for the other bindings (adapter loading).
-    pub(crate) fn llama_config(&self) -> &lora_ens::model::LlamaConfig {
-        self.inner.config()
+/// Plain greedy decoding of the base model, the reference the parity tests hold against
+/// transformers' greedy search: the argmax of the full logits, one token at a time on one
+/// KV cache, up to `max_new_tokens` ids, stopping after any of `stop_ids` (included).
+/// Ensemble generation with sampling and uncertainty is `Ensemble.generate`.
+fn greedy(
+    model: &Llama,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    stop_ids: &[u32],
+) -> lora_ens::Result<Vec<u32>> {
+    let mut cache = vec![KvCache::default()];
+    let mut out = Vec::with_capacity(max_new_tokens);
+    let mut next: Vec<u32> = prompt.to_vec();
+    for _ in 0..max_new_tokens {
+        let logits = model.forward(&[&next], &mut cache, Logits::Full)?; // (1, vocab)
+        let id = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        out.push(id);
+        if stop_ids.contains(&id) {
+            break;
+        }
+        next = vec![id];
     }
+    Ok(out)
 }
 
 /// A model's hyper-parameters as a dict (shared with `Ensemble.config`).
-pub(crate) fn config_dict<'py>(
-    py: Python<'py>,
-    c: &lora_ens::model::LlamaConfig,
-) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn config_dict<'py>(py: Python<'py>, c: &LlamaConfig) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("vocab_size", c.vocab_size)?;
     d.set_item("hidden", c.hidden)?;

@@ -19,7 +19,7 @@ use crate::error::call;
 ///     '<|im_start|>user\nHi!<|im_end|>'
 #[pyclass(frozen, name = "Tokenizer", module = "lora_ens_rs._core")]
 pub struct Tokenizer {
-    inner: Arc<lora_ens::tokenizer::Tokenizer>,
+    inner: Arc<lora_ens::Tokenizer>,
 }
 
 #[pymethods]
@@ -42,10 +42,7 @@ impl Tokenizer {
     ///     True
     #[staticmethod]
     fn from_gguf(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
-        let inner = call(py, || {
-            let gguf = lora_ens::gguf::GgufFile::open(&path)?;
-            lora_ens::tokenizer::Tokenizer::from_gguf(&gguf)
-        })?;
+        let inner = call(py, || lora_ens::Tokenizer::from_gguf_file(&path))?;
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -70,7 +67,7 @@ impl Tokenizer {
     ///     True
     #[staticmethod]
     fn from_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
-        let inner = call(py, || lora_ens::tokenizer::Tokenizer::from_file(&path))?;
+        let inner = call(py, || lora_ens::Tokenizer::from_file(&path))?;
         Ok(Self {
             inner: Arc::new(inner),
         })

@@ -6,8 +6,7 @@
 use std::time::Instant;
 
 use candle_core::Device;
-use lora_ens::gguf::GgufFile;
-use lora_ens::model::{KvCache, Llama, Logits};
+use lora_ens::{KvCache, Llama, Logits};
 
 fn main() -> lora_ens::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -18,8 +17,7 @@ fn main() -> lora_ens::Result<()> {
     };
     let batch: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     let len: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(43);
-    let mut gguf = GgufFile::open(&path)?;
-    let model = Llama::load(&mut gguf, &Device::Cpu)?;
+    let model = Llama::open(&path, &Device::Cpu)?;
     let vocab = model.config().vocab_size as u32;
     // Ragged prompts around `len` tokens, deterministic ids.
     let prompts: Vec<Vec<u32>> = (0..batch)

@@ -3,18 +3,19 @@
 //! answers `score` (label tokens), `score_choices` (answer texts) and `generate`, all with the
 //! members batched on one shared base and reduced to the ensemble's prediction and
 //! uncertainty. The prompt template comes from [`crate::prompt`], shared with training.
-//! Test: `cargo test -p lora-ens --doc ensemble` and `cargo test -p lora-ens --test ensemble`.
+//! Test: `cargo test -p lora-ens --doc ensemble` and `cargo test -p lora-ens --lib ensemble`.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
 use crate::chat::{self, Message};
+use crate::config::LlamaConfig;
 use crate::data::Question;
 use crate::generate::{self, GenerateOptions, Generation};
 use crate::gguf::GgufFile;
 use crate::lora::{EnsembleManifest, LoraAdapter, load_adapters};
-use crate::model::{Llama, LlamaConfig};
+use crate::model::Llama;
 use crate::multi_lora::MultiLora;
 use crate::questions::{self, QuestionScores, Scoring, ScoringSpec};
 use crate::score::{Normalization, ScoreOptions, Scorer, Scores};
@@ -345,3 +346,6 @@ fn per_prompt<'a>(n: usize, lists: &'a [Vec<String>], what: &str) -> Result<Vec<
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,32 +9,50 @@ pub enum Error {
     /// A file could not be opened or read.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
 
     /// A file is not a valid GGUF model (bad magic, truncated, corrupt header).
     #[error("{path}: not a valid GGUF file: {reason}")]
-    InvalidGguf { path: PathBuf, reason: String },
+    InvalidGguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// The GGUF is valid but describes a model this engine does not run.
     #[error("{path}: unsupported model: {reason}")]
-    UnsupportedModel { path: PathBuf, reason: String },
+    UnsupportedModel {
+        /// The GGUF file.
+        path: PathBuf,
+        /// What the engine does not run (the architecture found, ...).
+        reason: String,
+    },
 
     /// A tensor the architecture needs is absent, or has the wrong shape or type.
     #[error("{path}: tensor `{tensor}`: {reason}")]
     Tensor {
+        /// The GGUF file.
         path: PathBuf,
+        /// The tensor's GGUF name (`blk.3.attn_q.weight`).
         tensor: String,
+        /// What is wrong: missing, shape found and expected, unreadable.
         reason: String,
     },
 
     /// A metadata key the architecture needs is absent or has the wrong type.
     #[error("{path}: metadata `{key}`: {reason}")]
     Metadata {
+        /// The GGUF file.
         path: PathBuf,
+        /// The metadata key (`llama.block_count`).
         key: String,
+        /// What is wrong: missing, wrong type, inconsistent value.
         reason: String,
     },
 
@@ -48,7 +66,12 @@ pub enum Error {
 
     /// A LoRA adapter or ensemble manifest that cannot be loaded or is refused.
     #[error("adapter {path}: {reason}")]
-    Adapter { path: PathBuf, reason: String },
+    Adapter {
+        /// The adapter directory, its `adapter_config.json` / weights, or `ensemble.json`.
+        path: PathBuf,
+        /// The refused feature or the problem, naming the module or tensor.
+        reason: String,
+    },
 
     /// An argument or input record that is out of range or malformed.
     #[error("{0}")]
@@ -57,8 +80,11 @@ pub enum Error {
     /// A dataset file with a record that cannot be read (line is 1-based; 0 = whole file).
     #[error("{}", data_message(path, *line, reason))]
     Data {
+        /// The dataset file (or the name given to text held in memory).
         path: PathBuf,
+        /// The 1-based line of the record; 0 for the file as a whole.
         line: usize,
+        /// What is wrong with the record.
         reason: String,
     },
 

@@ -3,7 +3,7 @@
 //! reducer) and the next token is picked from that mixture (greedy, or sampled with
 //! temperature / top-p and a seed). Each generated token carries the ensemble's entropy,
 //! expected entropy and mutual information at that step.
-//! Test: `cargo test -p lora-ens --lib generate` and `cargo test -p lora-ens --test ensemble`.
+//! Test: `cargo test -p lora-ens --lib generate` and `cargo test -p lora-ens --lib ensemble`.
 
 use candle_core::Tensor;
 
@@ -98,6 +98,7 @@ pub struct Generation {
     /// Per token: the members' disagreement, mean KL(member || mixture) (= `entropy -
     /// expected_entropy` in exact arithmetic, without its cancellation).
     pub mutual_information: Vec<f32>,
+    /// Why decoding ended: the end-of-sequence token, a stop string or the length limit.
     pub finish_reason: FinishReason,
 }
 
@@ -212,7 +213,7 @@ fn pick(p: &[f64], opts: &GenerateOptions, rng: &mut SplitMix64) -> usize {
 
 /// Decode from `prompt` (token ids) with every member of `lora` (the base alone when
 /// `None`), stopping at `stop_ids`, a stop string or `max_new_tokens`.
-pub fn generate(
+pub(crate) fn generate(
     model: &Llama,
     tokenizer: &Tokenizer,
     lora: Option<&MultiLora>,

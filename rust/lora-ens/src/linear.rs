@@ -78,16 +78,6 @@ impl QWeight {
         })
     }
 
-    /// `(rows, cols)`.
-    pub fn shape(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-
-    /// The ggml block type the weights are stored in.
-    pub fn dtype(&self) -> GgmlDType {
-        self.dtype
-    }
-
     /// Bytes the weights occupy in memory.
     pub fn storage_bytes(&self) -> usize {
         match &self.storage {

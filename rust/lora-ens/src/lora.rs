@@ -11,130 +11,35 @@ mod tensors;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
 
 pub use config::{AdapterConfig, Pattern, TargetModules};
-pub use manifest::{EnsembleManifest, MANIFEST_FILE, is_ensemble, load_adapters};
-pub use tensors::permute_qk_rows;
+pub use manifest::{
+    EnsembleManifest, KNOWN_TEMPLATES, MANIFEST_FILE, ManifestScoring, load_adapters,
+};
 
-use crate::model::LlamaConfig;
+use crate::config::{LlamaConfig, Target};
 use crate::{Error, Result};
 use config::refuse;
-use tensors::{Side, parse_key, to_f32};
+use tensors::{Side, parse_key, permute_qk_rows, to_f32};
 
 /// The adapter's configuration file inside a PEFT adapter directory.
 pub const CONFIG_FILE: &str = "adapter_config.json";
 /// The adapter's weights inside a PEFT adapter directory.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
-/// The seven adaptable projections of a LLaMA block (HF `q_proj`.. `down_proj`, GGUF
-/// `attn_q`.. `ffn_down`), in GGUF order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Target {
-    /// All projections, in GGUF order.
-    pub const ALL: [Target; 7] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Gate,
-        Target::Up,
-        Target::Down,
-    ];
-
-    /// HF / PEFT module name: `q_proj`.
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            Target::Q => "q_proj",
-            Target::K => "k_proj",
-            Target::V => "v_proj",
-            Target::O => "o_proj",
-            Target::Gate => "gate_proj",
-            Target::Up => "up_proj",
-            Target::Down => "down_proj",
-        }
-    }
-
-    /// GGUF tensor stem: `attn_q` (as in `blk.3.attn_q.weight`).
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Target::Q => "attn_q",
-            Target::K => "attn_k",
-            Target::V => "attn_v",
-            Target::O => "attn_output",
-            Target::Gate => "ffn_gate",
-            Target::Up => "ffn_up",
-            Target::Down => "ffn_down",
-        }
-    }
-
-    /// The HF submodule holding it: `self_attn` or `mlp`.
-    pub fn block(self) -> &'static str {
-        match self {
-            Target::Q | Target::K | Target::V | Target::O => "self_attn",
-            Target::Gate | Target::Up | Target::Down => "mlp",
-        }
-    }
-
-    /// Parse an HF (`q_proj`) or GGUF (`attn_q`) name.
-    pub fn from_name(name: &str) -> Option<Target> {
-        Target::ALL
-            .into_iter()
-            .find(|t| t.hf_name() == name || t.gguf_name() == name)
-    }
-
-    /// The full HF module name in block `layer`: `model.layers.3.self_attn.q_proj`.
-    pub fn module_name(self, layer: usize) -> String {
-        format!("model.layers.{layer}.{}.{}", self.block(), self.hf_name())
-    }
-
-    /// `(in, out)` features of this projection in a model with config `c`.
-    pub fn dims(self, c: &LlamaConfig) -> (usize, usize) {
-        match self {
-            Target::Q => (c.hidden, c.n_head * c.head_dim),
-            Target::K | Target::V => (c.hidden, c.n_kv_head * c.head_dim),
-            Target::O => (c.n_head * c.head_dim, c.hidden),
-            Target::Gate | Target::Up => (c.hidden, c.ffn),
-            Target::Down => (c.ffn, c.hidden),
-        }
-    }
-
-    /// The head count llama.cpp's converter permutes this projection's rows with (Q: heads,
-    /// K: KV heads), or `None` for projections it leaves alone.
-    pub fn permuted_heads(self, c: &LlamaConfig) -> Option<usize> {
-        match self {
-            Target::Q => Some(c.n_head),
-            Target::K => Some(c.n_kv_head),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.hf_name())
-    }
-}
-
 /// One adapted projection: `y += scaling * B (A x)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraModule {
+    /// The rank: rows of `lora_a`, columns of `lora_b` (`rank_pattern`, else `r`).
     pub r: usize,
+    /// Input features of the projection (columns of `lora_a`).
     pub in_dim: usize,
+    /// Output features of the projection (rows of `lora_b`).
     pub out_dim: usize,
+    /// `lora_alpha / r` (or `lora_alpha / sqrt(r)` with rsLoRA), applied to `B A x`.
     pub scaling: f32,
     /// `(r, in)`, row-major.
     pub lora_a: Vec<f32>,
@@ -167,7 +72,9 @@ pub struct LoraAdapter {
     pub name: String,
     /// The adapter directory.
     pub path: PathBuf,
+    /// The validated `adapter_config.json`.
     pub config: AdapterConfig,
+    /// The update of each adapted (layer, projection), in layer then GGUF order.
     pub modules: BTreeMap<(usize, Target), LoraModule>,
 }
 

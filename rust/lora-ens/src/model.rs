@@ -6,91 +6,19 @@
 //! rotation on the original rows. We keep the GGUF order and use `rope_i`; LoRA `lora_B`
 //! rows of q/k must be permuted the same way before they are added.
 
-use candle_core::{D, Device, IndexOp, Tensor};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope_i;
 use rayon::prelude::*;
 
+use crate::config::{LlamaConfig, Target};
 use crate::gguf::GgufFile;
 use crate::linear::{QWeight, load_vector};
-use crate::lora::Target;
+use crate::lora::LoraAdapter;
 use crate::multi_lora::MultiLora;
 use crate::{Error, Result};
-
-/// Hyper-parameters of a LLaMA model, from the `llama.*` GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
-    pub vocab_size: usize,
-    pub hidden: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-    pub ffn: usize,
-    pub rms_eps: f64,
-    pub rope_base: f64,
-    pub context_length: usize,
-    /// The lm_head is the token embedding (no `output.weight` tensor).
-    pub tied_embeddings: bool,
-}
-
-impl LlamaConfig {
-    /// Read the config of a `general.architecture = llama` file.
-    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        let arch = gguf.string("general.architecture")?;
-        if arch != "llama" {
-            return Err(Error::UnsupportedModel {
-                path: gguf.path().to_path_buf(),
-                reason: format!("architecture `{arch}` (this engine runs `llama`)"),
-            });
-        }
-        let u = |k: &str| gguf.u64(&format!("llama.{k}")).map(|v| v as usize);
-        let hidden = u("embedding_length")?;
-        let n_head = u("attention.head_count")?;
-        let n_kv_head = gguf
-            .optional("llama.attention.head_count_kv", GgufFile::u64)?
-            .map_or(n_head, |v| v as usize);
-        let head_dim = gguf
-            .optional("llama.rope.dimension_count", GgufFile::u64)?
-            .map_or(hidden / n_head.max(1), |v| v as usize);
-        let bad = |key: &str, reason: String| Error::Metadata {
-            path: gguf.path().to_path_buf(),
-            key: key.to_owned(),
-            reason,
-        };
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
-            return Err(bad(
-                "llama.attention.head_count_kv",
-                format!("{n_kv_head} KV heads do not divide {n_head} heads"),
-            ));
-        }
-        if head_dim * n_head != hidden || head_dim % 2 != 0 {
-            return Err(bad(
-                "llama.rope.dimension_count",
-                format!("head_dim {head_dim} x {n_head} heads != hidden {hidden} (or odd)"),
-            ));
-        }
-        let vocab_size = match gguf.optional("llama.vocab_size", GgufFile::u64)? {
-            Some(v) => v as usize,
-            None => gguf.strings("tokenizer.ggml.tokens")?.len(),
-        };
-        Ok(Self {
-            vocab_size,
-            hidden,
-            n_layer: u("block_count")?,
-            n_head,
-            n_kv_head,
-            head_dim,
-            ffn: u("feed_forward_length")?,
-            rms_eps: gguf.f64("llama.attention.layer_norm_rms_epsilon")?,
-            rope_base: gguf
-                .optional("llama.rope.freq_base", GgufFile::f64)?
-                .unwrap_or(10_000.0),
-            context_length: u("context_length")?,
-            tied_embeddings: !gguf.has_tensor("output.weight"),
-        })
-    }
-}
 
 /// One decoder block's weights.
 struct Block {
@@ -185,8 +113,19 @@ impl std::fmt::Debug for Llama {
 }
 
 impl Llama {
-    /// Load every tensor of a llama GGUF onto `device`.
-    pub fn load(gguf: &mut GgufFile, device: &Device) -> Result<Self> {
+    /// Open the GGUF file at `path` and load every tensor onto `device`.
+    ///
+    /// Errors name the file and what is wrong: [`Error::Io`] when it cannot be read,
+    /// [`Error::InvalidGguf`] for a file that is not GGUF, [`Error::UnsupportedModel`] for
+    /// another architecture, [`Error::Metadata`] / [`Error::Tensor`] for missing or
+    /// mis-shaped entries.
+    pub fn open(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let mut gguf = GgufFile::open(path)?;
+        Self::load(&mut gguf, device)
+    }
+
+    /// Load every tensor of an open llama GGUF onto `device`.
+    pub(crate) fn load(gguf: &mut GgufFile, device: &Device) -> Result<Self> {
         let c = LlamaConfig::from_gguf(gguf)?;
         let token_embd =
             QWeight::load(gguf, "token_embd.weight", (c.vocab_size, c.hidden), device)?;
@@ -282,7 +221,7 @@ impl Llama {
     ///
     /// `caches` holds one cache per (member, sequence), member-major (`M * N` of them).
     /// Returns `(M, N, K)` (or `(M, N, vocab)`) logits of each sequence's last new position.
-    pub fn forward_members(
+    pub(crate) fn forward_members(
         &self,
         seqs: &[&[u32]],
         lora: Option<&MultiLora>,
@@ -322,7 +261,7 @@ impl Llama {
     /// member, flat `(M, T)` member-major with the sequences packed in order
     /// (`T = sum of lengths`). `targets[i]` has the length of `seqs[i]` (usually the sequence
     /// shifted by one). The full vocabulary is normalized, a chunk at a time.
-    pub fn forward_members_logprobs(
+    pub(crate) fn forward_members_logprobs(
         &self,
         seqs: &[&[u32]],
         targets: &[&[u32]],
@@ -347,6 +286,49 @@ impl Llama {
         } else {
             lp.repeat(n_members)
         })
+    }
+
+    /// Last-position logits of every prompt under every member: the base model with each of
+    /// `adapters`' LoRA updates (the base alone, as one member, when `adapters` is empty),
+    /// all members in one pass over the shared base. Prompts run `batch_size` at a time.
+    ///
+    /// Returns the logits flat and row-major with shape `(N, M, K)`: N prompts, M members
+    /// (`max(1, adapters.len())`), K = the number of `Logits::Tokens` ids or `vocab_size`.
+    /// Errors: [`Error::Input`] for `batch_size` 0 or a prompt the model cannot run (empty,
+    /// longer than the context, ids out of the vocabulary).
+    pub fn member_logits<P: AsRef<[u32]>>(
+        &self,
+        prompts: &[P],
+        adapters: &[&LoraAdapter],
+        logits: Logits<'_>,
+        batch_size: usize,
+    ) -> Result<Vec<f32>> {
+        if batch_size == 0 {
+            return Err(Error::Input("batch_size must be at least 1".to_owned()));
+        }
+        let lora = if adapters.is_empty() {
+            None
+        } else {
+            Some(MultiLora::from_adapters(
+                adapters,
+                self.config.n_layer,
+                &self.device,
+            )?)
+        };
+        let n_members = adapters.len().max(1);
+        let mut flat = Vec::new();
+        for chunk in prompts.chunks(batch_size) {
+            let seqs: Vec<&[u32]> = chunk.iter().map(AsRef::as_ref).collect();
+            let mut caches = vec![KvCache::default(); seqs.len() * n_members];
+            let out = self
+                .forward_members(&seqs, lora.as_ref(), &mut caches, logits)? // (M, B, K)
+                .transpose(0, 1)? // (B, M, K)
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            flat.extend(out);
+        }
+        Ok(flat)
     }
 
     /// The lm_head: `output.weight`, or the token embeddings when they are tied.
@@ -572,28 +554,5 @@ impl Llama {
             (groups * len, total),
             &self.device,
         )?))
-    }
-
-    /// Greedy decoding of one prompt: up to `max_new_tokens` tokens, stopping after any of
-    /// `stop_ids`. Returns the generated ids (the stop token included when reached).
-    pub fn generate_greedy(
-        &self,
-        prompt: &[u32],
-        max_new_tokens: usize,
-        stop_ids: &[u32],
-    ) -> Result<Vec<u32>> {
-        let mut cache = vec![KvCache::default()];
-        let mut out = Vec::with_capacity(max_new_tokens);
-        let mut next: Vec<u32> = prompt.to_vec();
-        for _ in 0..max_new_tokens {
-            let logits = self.forward(&[&next], &mut cache, Logits::Full)?; // (1, vocab)
-            let id = logits.i(0)?.argmax(D::Minus1)?.to_scalar::<u32>()?;
-            out.push(id);
-            if stop_ids.contains(&id) {
-                break;
-            }
-            next = vec![id];
-        }
-        Ok(out)
     }
 }

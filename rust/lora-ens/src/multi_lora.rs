@@ -6,7 +6,8 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::lora::{LoraAdapter, Target};
+use crate::config::Target;
+use crate::lora::LoraAdapter;
 use crate::{Error, Result};
 
 /// One member's update of one projection: `A^T` `(in, r)` and `(s B)^T` `(r, out)`, stored
@@ -142,3 +143,6 @@ impl MultiLora {
         Ok(Tensor::cat(&parts, 0)?)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,45 +10,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Normalization;
+pub use crate::config::Scoring;
 use crate::data::Question;
 use crate::lora::EnsembleManifest;
 use crate::metrics::{self, Metrics};
-use crate::score::{Normalization, Scores};
+use crate::score::Scores;
 use crate::{Error, Result};
-
-/// How a question is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scoring {
-    /// The lettered prompt (`A. ...`, `B. ...`, `Answer:`), scored on the label token.
-    Labels,
-    /// Each answer text as a continuation of `Question: ...\nAnswer:`.
-    Choices,
-}
-
-impl Scoring {
-    /// The names [`Scoring::from_name`] accepts.
-    pub const NAMES: [&'static str; 2] = ["labels", "choices"];
-
-    /// Parse `"labels"` or `"choices"`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "labels" => Ok(Scoring::Labels),
-            "choices" => Ok(Scoring::Choices),
-            other => Err(Error::Input(format!(
-                "unknown scoring `{other}`: expected labels or choices"
-            ))),
-        }
-    }
-
-    /// `"labels"` or `"choices"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scoring::Labels => "labels",
-            Scoring::Choices => "choices",
-        }
-    }
-}
 
 /// How one call scores its questions, with where each part came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

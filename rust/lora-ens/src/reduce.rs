@@ -22,9 +22,9 @@ pub struct Reduced {
     pub prediction: Vec<usize>,
     /// (N,): the largest entry of `probs`.
     pub confidence: Vec<f32>,
-    /// (N,): total uncertainty H[probs], in nats.
+    /// (N,): total uncertainty `H[probs]`, in nats.
     pub entropy: Vec<f32>,
-    /// (N,): aleatoric part, the members' mean entropy mean_m H[p_m].
+    /// (N,): aleatoric part, the members' mean entropy `mean_m H[p_m]`.
     pub expected_entropy: Vec<f32>,
     /// (N,): epistemic part, `entropy - expected_entropy` (>= 0; 0 exactly when members agree).
     pub mutual_information: Vec<f32>,
@@ -110,31 +110,6 @@ pub fn reduce(
         }
         let sum: f64 = out.iter().sum();
         out.iter_mut().for_each(|o| *o /= sum);
-    }
-    Ok(finish(&p64, n, n_members, k))
-}
-
-/// Reduce member probabilities (e.g. already-softmaxed choice log-likelihoods), flat
-/// row-major with shape (N, M, K). Each member's row must be finite, non-negative and sum to
-/// 1 within 1e-4; zeros mark padding. The values are used as given.
-pub fn reduce_probs(member_probs: &[f32], n: usize, n_members: usize, k: usize) -> Result<Reduced> {
-    check_dims("member_probs", member_probs.len(), n, n_members, k)?;
-    let mut p64 = Vec::with_capacity(member_probs.len());
-    for (row, probs) in member_probs.chunks_exact(k).enumerate() {
-        let (q, member) = (row / n_members, row % n_members);
-        if let Some(j) = probs.iter().position(|x| !x.is_finite() || *x < 0.0) {
-            return Err(Error::Input(format!(
-                "member_probs[{q}, {member}, {j}] is {}, expected a probability in [0, 1]",
-                probs[j]
-            )));
-        }
-        let sum: f64 = probs.iter().map(|&x| f64::from(x)).sum();
-        if (sum - 1.0).abs() > 1e-4 {
-            return Err(Error::Input(format!(
-                "member_probs[{q}, {member}] sums to {sum}, expected 1"
-            )));
-        }
-        p64.extend(probs.iter().map(|&x| f64::from(x)));
     }
     Ok(finish(&p64, n, n_members, k))
 }
@@ -307,19 +282,6 @@ mod tests {
     }
 
     #[test]
-    fn reduce_probs_matches_reduce() -> Result<()> {
-        let logits = [0.2f32, -0.4, 1.5, 0.9, 0.0, -3.0];
-        let a = reduce(&logits, 1, 2, 3, None)?;
-        let b = reduce_probs(&a.member_probs, 1, 2, 3)?;
-        assert_eq!(a.prediction, b.prediction);
-        assert!(close(
-            a.mutual_information[0],
-            f64::from(b.mutual_information[0])
-        ));
-        Ok(())
-    }
-
-    #[test]
     fn bad_inputs_are_errors() {
         let msg = |r: Result<Reduced>| r.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg(reduce(&[], 2, 0, 3, None)).contains("at least one member"));
@@ -329,7 +291,5 @@ mod tests {
         assert!(msg(reduce(&[f32::NAN, 0.0], 1, 1, 2, None)).contains("[0, 0, 0] is NaN"));
         let ninf = [f32::NEG_INFINITY; 2];
         assert!(msg(reduce(&ninf, 1, 1, 2, None)).contains("every option is -inf"));
-        assert!(msg(reduce_probs(&[0.5, 0.6], 1, 1, 2)).contains("sums to"));
-        assert!(msg(reduce_probs(&[-0.5, 1.5], 1, 1, 2)).contains("expected a probability"));
     }
 }

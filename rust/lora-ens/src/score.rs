@@ -7,49 +7,14 @@
 //!   choices per member. The context runs once per member; its KV cache is shared by the K
 //!   choices.
 //!
-//! Test: `cargo test -p lora-ens --test ensemble` and `pytest tests/test_score.py`.
+//! Test: `cargo test -p lora-ens --lib ensemble` and `pytest tests/test_score.py`.
 
+pub use crate::config::Normalization;
 use crate::model::{KvCache, Llama, Logits};
 use crate::multi_lora::MultiLora;
 use crate::reduce::{Reduced, reduce};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-
-/// How a choice's token log-probabilities become its score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Normalization {
-    /// The sum: the log-probability of the whole text (lm-eval `acc`).
-    #[default]
-    Sum,
-    /// The mean over the choice's tokens.
-    PerToken,
-    /// The sum divided by the text's length in UTF-8 bytes (lm-eval `acc_norm` uses
-    /// characters; bytes do not depend on the text's script).
-    PerByte,
-}
-
-impl Normalization {
-    /// Parse `"sum"`, `"token"` / `"per_token"` or `"byte"` / `"per_byte"`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "sum" => Ok(Normalization::Sum),
-            "token" | "per_token" => Ok(Normalization::PerToken),
-            "byte" | "per_byte" => Ok(Normalization::PerByte),
-            other => Err(Error::Input(format!(
-                "unknown normalization `{other}`: expected sum, per_token or per_byte"
-            ))),
-        }
-    }
-
-    /// The canonical name: `"sum"`, `"per_token"` or `"per_byte"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Normalization::Sum => "sum",
-            Normalization::PerToken => "per_token",
-            Normalization::PerByte => "per_byte",
-        }
-    }
-}
 
 /// Batching and progress reporting for a scoring call.
 #[derive(Clone, Copy)]
@@ -107,11 +72,11 @@ pub struct Scores {
 
 /// The pieces one scoring call needs: the model, its tokenizer and the members.
 #[derive(Clone, Copy)]
-pub struct Scorer<'a> {
-    pub model: &'a Llama,
-    pub tokenizer: &'a Tokenizer,
+pub(crate) struct Scorer<'a> {
+    pub(crate) model: &'a Llama,
+    pub(crate) tokenizer: &'a Tokenizer,
     /// `None`: the base model alone, reported as one member.
-    pub lora: Option<&'a MultiLora>,
+    pub(crate) lora: Option<&'a MultiLora>,
 }
 
 /// One question's options, tokenized.
@@ -154,7 +119,7 @@ impl Scorer<'_> {
     /// Label scoring. `prompts[i]` is scored over `continuations[i]` (the label texts as they
     /// follow the prompt, e.g. `" A"`); every continuation that is one token uses the fast
     /// path, others the summed log-probabilities of their tokens.
-    pub fn score_labels(
+    pub(crate) fn score_labels(
         &self,
         prompts: &[String],
         continuations: &[Vec<String>],
@@ -194,7 +159,8 @@ impl Scorer<'_> {
             for (b, &i) in batch.iter().enumerate() {
                 for (member, member_logits) in logits.iter().enumerate() {
                     for (j, o) in questions[i].options.iter().enumerate() {
-                        let col = vocab.binary_search(&o[0]).expect("label token in vocab");
+                        // `vocab` holds every option's token, so this is its column.
+                        let col = vocab.partition_point(|&t| t < o[0]);
                         scores[(i * m + member) * k + j] = member_logits[b][col];
                     }
                 }
@@ -214,7 +180,7 @@ impl Scorer<'_> {
 
     /// Choice scoring: each `choices[i][j]` (the continuation text, separator included) as a
     /// continuation of `contexts[i]`, normalized by `norm`, softmax over the choices.
-    pub fn score_choices(
+    pub(crate) fn score_choices(
         &self,
         contexts: &[String],
         choices: &[Vec<String>],
@@ -274,7 +240,9 @@ impl Scorer<'_> {
         let mut seqs: Vec<Vec<u32>> = Vec::new();
         let mut owner: Vec<usize> = Vec::new();
         for (i, q) in qs.iter().enumerate() {
-            let last = *q.context.last().expect("context is not empty");
+            let Some(&last) = q.context.last() else {
+                return Err(Error::Input(format!("question {i}: the context is empty")));
+            };
             for o in &q.options {
                 let mut s = Vec::with_capacity(o.len());
                 s.push(last);

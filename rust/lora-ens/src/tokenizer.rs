@@ -5,8 +5,7 @@
 //!
 //! ```no_run
 //! # fn main() -> lora_ens::Result<()> {
-//! let gguf = lora_ens::gguf::GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
-//! let tok = lora_ens::tokenizer::Tokenizer::from_gguf(&gguf)?;
+//! let tok = lora_ens::Tokenizer::from_gguf_file("SmolLM2-135M-Instruct.Q4_1.gguf")?;
 //! let ids = tok.encode("<|im_start|>user\nWhat is 12 + 7?<|im_end|>", false)?;
 //! assert_eq!(tok.decode(&ids, false)?, "<|im_start|>user\nWhat is 12 + 7?<|im_end|>");
 //! # Ok(()) }
@@ -81,13 +80,22 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Build the tokenizer a GGUF file describes (`tokenizer.ggml.model = gpt2`).
+    /// The tokenizer an open GGUF file describes (see [`Tokenizer::from_gguf_file`]).
+    pub(crate) fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        Ok(Self::build(gguf_meta::read(gguf)?))
+    }
+
+    /// Build the tokenizer the GGUF file at `path` describes (`tokenizer.ggml.model = gpt2`);
+    /// only the file's header is read.
     ///
     /// Tokens of type CONTROL (3) or USER_DEFINED (4) are matched whole in the text, as the
     /// HF tokenizer transformers builds from the file does; CONTROL ones are special
     /// (dropped by `decode(.., true)`). BOS is added only if `tokenizer.ggml.add_bos_token`.
-    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        Ok(Self::build(gguf_meta::read(gguf)?))
+    ///
+    /// Errors: [`Error::Io`] / [`Error::InvalidGguf`] for a file that cannot be read as
+    /// GGUF, [`Error::Metadata`] or [`Error::Tokenizer`] for a tokenizer it cannot build.
+    pub fn from_gguf_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_gguf(&GgufFile::open(path)?)
     }
 
     /// Read an HF `tokenizer.json` of the byte-level BPE kind. BOS / EOS and the chat

@@ -1,6 +1,8 @@
 //! Malformed model files and inputs each produce their documented, typed error (never a
 //! panic). Uses the tiny fixture model written by `make fixtures`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a failed test
+
 mod common;
 
 use std::fs;
@@ -8,15 +10,12 @@ use std::path::Path;
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{self, Value};
-use lora_ens::Error;
-use lora_ens::gguf::GgufFile;
-use lora_ens::model::{KvCache, Llama, Logits};
+use lora_ens::{Error, KvCache, Llama, Logits};
 
 use common::{fixture, max_diff};
 
 fn load(path: &Path) -> lora_ens::Result<Llama> {
-    let mut gguf = GgufFile::open(path)?;
-    Llama::load(&mut gguf, &Device::Cpu)
+    Llama::open(path, &Device::Cpu)
 }
 
 /// Rewrite a GGUF with changed metadata and without some tensors.

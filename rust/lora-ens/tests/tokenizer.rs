@@ -1,13 +1,13 @@
-//! `Tokenizer::from_gguf` on small GGUF files written with candle's `gguf_file::write`: the
+//! `Tokenizer::from_gguf_file` on small GGUF files written with candle's `gguf_file::write`: the
 //! metadata keys it reads, token types, special-token flags, and the typed errors for what
 //! it refuses. Run with `cargo test -p lora-ens --test tokenizer`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a failed test
 
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
-use lora_ens::Error;
-use lora_ens::gguf::GgufFile;
-use lora_ens::tokenizer::Tokenizer;
+use lora_ens::{Error, Tokenizer};
 
 /// GPT-2's spelling of a byte (printable Latin-1 as itself, the rest from U+0100 on).
 fn byte_char(b: u8) -> char {
@@ -77,7 +77,7 @@ fn set(meta: &mut [(String, Value)], key: &str, value: Value) {
 }
 
 fn load(path: &Path) -> lora_ens::Result<Tokenizer> {
-    Tokenizer::from_gguf(&GgufFile::open(path)?)
+    Tokenizer::from_gguf_file(path)
 }
 
 fn byte_ids(text: &str) -> Vec<u32> {

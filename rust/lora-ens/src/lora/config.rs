@@ -11,7 +11,7 @@ use fancy_regex::Regex;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::Target;
+use crate::config::Target;
 use crate::{Error, Result};
 
 /// PEFT's shorthand for "every linear layer but the output layer".
@@ -24,7 +24,12 @@ pub enum TargetModules {
     /// (`q_proj`, `self_attn.q_proj`, `model.layers.0.mlp.up_proj`).
     Names(Vec<String>),
     /// A regular expression that must match the whole module name (`re.fullmatch`).
-    Regex { pattern: String, regex: Regex },
+    Regex {
+        /// The expression as written in the file.
+        pattern: String,
+        /// The compiled `^(?:pattern)$`.
+        regex: Regex,
+    },
 }
 
 impl TargetModules {
@@ -49,7 +54,9 @@ fn suffix_match(name: &str, target: &str) -> bool {
 /// the module name, first key (in file order) wins.
 #[derive(Debug, Clone)]
 pub struct Pattern<T> {
+    /// The key as written in the file (a module name or a regular expression).
     pub key: String,
+    /// The rank or alpha it sets.
     pub value: T,
     regex: Regex,
 }
@@ -61,6 +68,7 @@ pub struct AdapterConfig {
     pub r: usize,
     /// Default alpha; `scaling = lora_alpha / r` (or `/ sqrt(r)` with rsLoRA).
     pub lora_alpha: f64,
+    /// The modules adapted (`target_modules`; `all-linear` becomes the seven projections).
     pub target_modules: TargetModules,
     /// Modules excluded even if `target_modules` matches them.
     pub exclude_modules: Option<TargetModules>,
@@ -68,10 +76,13 @@ pub struct AdapterConfig {
     pub rank_pattern: Vec<Pattern<usize>>,
     /// Per-module alpha overrides, in file order.
     pub alpha_pattern: Vec<Pattern<f64>>,
+    /// rsLoRA: `scaling = lora_alpha / sqrt(r)` instead of `lora_alpha / r`.
     pub use_rslora: bool,
     /// Layer indices the adapter is restricted to (`None`: all layers).
     pub layers_to_transform: Option<Vec<usize>>,
+    /// PEFT's `task_type` (`CAUSAL_LM`, ...), as written; not checked.
     pub task_type: Option<String>,
+    /// The base model the adapter was trained on, as PEFT recorded it; not checked.
     pub base_model_name_or_path: Option<String>,
 }
 

@@ -9,9 +9,7 @@ use serde_json::{Map, Value};
 
 use super::LoraAdapter;
 use super::config::refuse;
-use crate::model::LlamaConfig;
-use crate::questions::Scoring;
-use crate::score::Normalization;
+use crate::config::{LlamaConfig, Normalization, Scoring};
 use crate::{Error, Result, prompt};
 
 /// The manifest's file name inside an ensemble directory.

@@ -4,8 +4,8 @@
 
 use safetensors::{Dtype, tensor::TensorView};
 
-use super::Target;
 use super::config::embedding_refusal;
+use crate::config::Target;
 use crate::{Error, Result};
 
 /// Which factor of a LoRA pair a tensor holds.

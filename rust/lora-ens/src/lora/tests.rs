@@ -327,11 +327,17 @@ fn manifest_template_and_scoring_are_checked() {
     let s = m.scoring.unwrap();
     assert_eq!(s.mode, Some(crate::questions::Scoring::Labels));
     assert_eq!(s.normalization, Some(crate::score::Normalization::PerByte));
-    let got = adapter_reason(parse(json!({"members": ["m0"], "prompt_template": "qa-v9"})));
+    let got = adapter_reason(parse(
+        json!({"members": ["m0"], "prompt_template": "qa-v9"}),
+    ));
     assert!(got.contains("qa-v9") && got.contains("qa-v1"), "{got}");
-    let got = adapter_reason(parse(json!({"members": ["m0"], "scoring": {"mode": "vibes"}})));
-    assert!(got.contains("scoring.mode") && got.contains("vibes"), "{got}");
+    let got = adapter_reason(parse(
+        json!({"members": ["m0"], "scoring": {"mode": "vibes"}}),
+    ));
+    assert!(
+        got.contains("scoring.mode") && got.contains("vibes"),
+        "{got}"
+    );
     let got = adapter_reason(parse(json!({"members": ["m0"], "seeds": [-1]})));
     assert!(got.contains("seeds"), "{got}");
 }
-

@@ -2,19 +2,15 @@
 //! member run alone, and the shared trunk and the per-member KV caches change nothing.
 //! (Parity of one member with PEFT is checked in `tests/test_peft_parity.py`.)
 
-mod common;
-
 use candle_core::{Device, Tensor};
-use lora_ens::gguf::GgufFile;
-use lora_ens::lora::Target;
-use lora_ens::model::{KvCache, Llama, Logits};
-use lora_ens::multi_lora::MultiLora;
 
-use common::{fixture, max_diff};
+use super::MultiLora;
+use crate::config::Target;
+use crate::model::{KvCache, Llama, Logits};
+use crate::test_support::{fixture, max_diff};
 
 fn model() -> Llama {
-    let mut gguf = GgufFile::open(fixture("tiny-q8_0.gguf")).unwrap();
-    Llama::load(&mut gguf, &Device::Cpu).unwrap()
+    Llama::open(fixture("tiny-q8_0.gguf"), &Device::Cpu).unwrap()
 }
 
 /// Deterministic pseudo-random values in [-scale, scale].
