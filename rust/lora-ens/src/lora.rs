@@ -1,7 +1,8 @@
 //! PEFT LoRA adapters (`adapter_config.json` + `adapter_model.safetensors`) and ensemble
 //! directories (`ensemble.json` + member adapters), loaded into an engine-ready form:
 //! f32 `lora_A` `(r, in)` / `lora_B` `(out, r)` per (layer, projection), with `lora_B` rows
-//! of q_proj / k_proj permuted into the GGUF order the base weights use (trap 1). Everything
+//! of q_proj / k_proj permuted into the GGUF order the base weights use (llama.cpp's converter
+//! interleaves the rotary halves of Q/K rows; an unpermuted update would rotate wrongly). Everything
 //! the engine does not run is refused with an [`Error::Adapter`] that names file and feature.
 
 mod config;

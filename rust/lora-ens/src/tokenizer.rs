@@ -1,7 +1,8 @@
 //! Byte-level BPE tokenizer built from a GGUF file's `tokenizer.ggml.*` metadata or from an
 //! HF `tokenizer.json`. Ids match the HF tokenizer of the same vocabulary (checked over the
 //! benchmark corpus by `tests/test_tokenizer_parity.py`), with the pre-tokenizer llama.cpp
-//! applies for `tokenizer.ggml.pre` (SmolLM2's `smollm` splits digits one by one: trap 2).
+//! applies for `tokenizer.ggml.pre` (SmolLM2's `smollm` splits digits one by one, unlike
+//! GPT-2's regex that keeps runs of digits together).
 //!
 //! ```no_run
 //! # fn main() -> lora_ens::Result<()> {

@@ -1,6 +1,7 @@
 //! `adapter_model.safetensors` of a PEFT LoRA adapter: tensor names parsed into
 //! (layer, projection, A|B), values converted to f32 (from F32, F16 or BF16) and checked
-//! finite, and llama.cpp's Q/K row permutation (trap 1 in docs/DESIGN.md).
+//! finite, and llama.cpp's Q/K row permutation (its converter reorders Q/K rows for the
+//! interleaved RoPE, so `lora_B` rows must be reordered the same way).
 
 use safetensors::{Dtype, tensor::TensorView};
 

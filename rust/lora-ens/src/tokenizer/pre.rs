@@ -26,7 +26,7 @@ pub(crate) const DIGIT_RUNS: &str = r"\p{N}+";
 /// The `tokenizer.ggml.pre` names this engine knows, with the splits each applies in order.
 const NAMED: &[(&[&str], &[&str])] = &[
     (&["gpt2", "default", "gpt-2"], &[GPT2]),
-    // llama.cpp gives all of these "\p{N}" then GPT-2's regex (SmolLM: trap 2 in DESIGN.md).
+    // llama.cpp gives all of these "\p{N}" then GPT-2's regex (so SmolLM2 splits every digit).
     (
         &[
             "smollm",
