@@ -172,3 +172,19 @@ fn refuses_what_it_does_not_implement_with_typed_errors() {
         "{err:?}"
     );
 }
+
+#[test]
+fn vocab_only_file_without_alignment_padding_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_gguf(dir.path(), |m| {
+        m.push(("general.name".into(), Value::String("vocab".into())));
+    });
+    // candle pads the header to the data alignment; llama.cpp's vocabulary-only files end
+    // right after the last metadata value (here the non-zero "vocab").
+    let bytes = std::fs::read(&path).expect("read");
+    let end = bytes.iter().rposition(|&b| b != 0).expect("not all zeros") + 1;
+    assert!(end < bytes.len(), "the writer left no padding to cut");
+    std::fs::write(&path, &bytes[..end]).expect("write");
+    let tok = load(&path).expect("a vocabulary-only file without padding loads");
+    assert_eq!(tok.vocab_size(), 264);
+}
