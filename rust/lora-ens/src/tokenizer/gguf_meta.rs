@@ -8,7 +8,7 @@ use candle_core::quantized::gguf_file::Value;
 use super::Parts;
 use super::added::AddedToken;
 use super::bpe;
-use super::pre::PreTokenizer;
+use super::pre::{self, PreTokenizer};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -36,8 +36,8 @@ pub(crate) fn read(gguf: &GgufFile) -> Result<Parts> {
         }
     }
     let pre_name = gguf.optional("tokenizer.ggml.pre", GgufFile::string)?;
-    let pre = PreTokenizer::named(pre_name.as_deref().unwrap_or("default"))
-        .map_err(|e| fail(message(e)))?;
+    let pre_name = pre_name.as_deref().unwrap_or("default");
+    let pre = PreTokenizer::named(pre_name).map_err(|e| fail(message(e)))?;
     let raw = gguf.strings("tokenizer.ggml.tokens")?;
     let merges = gguf
         .optional("tokenizer.ggml.merges", GgufFile::strings)?
@@ -111,7 +111,7 @@ pub(crate) fn read(gguf: &GgufFile) -> Result<Parts> {
     Ok(Parts {
         vocab,
         merges,
-        ignore_merges: false,
+        ignore_merges: pre::ignores_merges(pre_name),
         pre,
         add_prefix_space: false,
         added,
