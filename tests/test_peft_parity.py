@@ -59,7 +59,9 @@ def check_members(engine, peft_model, adapter_dir: Path, ids, tokens, atol: floa
     reduced = _core.reduce(got_logits)
     reference = numpy_reduction(want)
     for key in ("probs", "confidence", "entropy", "expected_entropy", "mutual_information"):
-        np.testing.assert_allclose(getattr(reduced, key), reference[key], atol=atol, rtol=0, err_msg=key)
+        np.testing.assert_allclose(
+            getattr(reduced, key), reference[key], atol=atol, rtol=0, err_msg=key
+        )
     np.testing.assert_allclose(reduced.member_probs, got, atol=1e-6, rtol=0)
     agree = reduced.prediction == reference["prediction"]
     assert agree.mean() >= 0.99

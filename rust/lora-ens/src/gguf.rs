@@ -65,7 +65,9 @@ impl GgufFile {
             .collect::<Result<Vec<u64>>>()?
             .into_iter()
             .max()
-            .unwrap_or(content.tensor_data_offset);
+            // With no tensors there is no data section: a vocabulary-only file ends right
+            // after its header, before the alignment padding (llama.cpp and gguf-py accept it).
+            .unwrap_or(0);
         if need > file_len {
             return Err(invalid(format!(
                 "truncated: the tensors need {need} bytes, the file has {file_len}"

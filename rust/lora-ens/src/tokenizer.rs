@@ -17,6 +17,7 @@ mod bpe;
 mod gguf_meta;
 mod hf_json;
 mod pre;
+mod spm;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use rayon::prelude::*;
 use self::added::{AddedToken, AddedTokens, Segment};
 use self::bpe::Bpe;
 use self::pre::PreTokenizer;
+use self::spm::Spm;
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -42,6 +44,8 @@ struct Parts {
     /// HF `ByteLevel(add_prefix_space=true)`: a space before text that lacks one.
     add_prefix_space: bool,
     added: Vec<AddedToken>,
+    /// A SentencePiece model, used instead of `merges` and `pre` when present.
+    spm: Option<Spm>,
     /// Ids put before / after the text when special tokens are requested (BOS, EOS).
     prefix: Vec<u32>,
     suffix: Vec<u32>,
@@ -50,9 +54,10 @@ struct Parts {
     chat_template: Option<String>,
 }
 
-/// A byte-level BPE tokenizer. Cheap to share between threads (`encode_batch` does).
+/// A byte-level BPE or SentencePiece tokenizer. Cheap to share between threads
+/// (`encode_batch` does).
 pub struct Tokenizer {
-    bpe: Bpe,
+    model: Model,
     pre: PreTokenizer,
     add_prefix_space: bool,
     added: AddedTokens,
@@ -67,6 +72,16 @@ pub struct Tokenizer {
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     chat_template: Option<String>,
+}
+
+/// The subword model under the added tokens.
+// BPE's inline tables make it large; there is one per tokenizer, built once and not moved.
+#[allow(clippy::large_enum_variant)]
+enum Model {
+    /// Byte-level BPE after the pre-tokenizer's splits (`gpt2`, HF `tokenizer.json`).
+    Bpe(Bpe),
+    /// SentencePiece (`llama`), as llama.cpp tokenizes it.
+    Spm(Spm),
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -86,12 +101,13 @@ impl Tokenizer {
         Ok(Self::build(gguf_meta::read(gguf)?))
     }
 
-    /// Build the tokenizer the GGUF file at `path` describes (`tokenizer.ggml.model = gpt2`);
-    /// only the file's header is read.
+    /// Build the tokenizer the GGUF file at `path` describes (`tokenizer.ggml.model` `gpt2`
+    /// or `llama`); only the file's header is read, and a vocabulary-only file will do.
     ///
     /// Tokens of type CONTROL (3) or USER_DEFINED (4) are matched whole in the text, as the
     /// HF tokenizer transformers builds from the file does; CONTROL ones are special
-    /// (dropped by `decode(.., true)`). BOS is added only if `tokenizer.ggml.add_bos_token`.
+    /// (dropped by `decode(.., true)`). BOS is added only if `tokenizer.ggml.add_bos_token`
+    /// (absent: not for `gpt2`, yes for `llama`, as llama.cpp does).
     ///
     /// Errors: [`Error::Io`] / [`Error::InvalidGguf`] for a file that cannot be read as
     /// GGUF, [`Error::Metadata`] or [`Error::Tokenizer`] for a tokenizer it cannot build.
@@ -107,7 +123,10 @@ impl Tokenizer {
 
     fn build(parts: Parts) -> Self {
         let mut ids: HashMap<String, u32> = parts.vocab.iter().cloned().collect();
-        let bpe = Bpe::new(&ids, &parts.merges, parts.ignore_merges);
+        let model = match parts.spm {
+            Some(spm) => Model::Spm(spm),
+            None => Model::Bpe(Bpe::new(&ids, &parts.merges, parts.ignore_merges)),
+        };
         let all_ids = parts.vocab.iter().map(|(_, id)| *id);
         let size = all_ids
             .chain(parts.added.iter().map(|t| t.id))
@@ -125,7 +144,7 @@ impl Tokenizer {
             ids.insert(t.content.clone(), t.id);
         }
         Self {
-            bpe,
+            model,
             pre: parts.pre,
             add_prefix_space: parts.add_prefix_space,
             added: AddedTokens::new(parts.added),
@@ -161,13 +180,17 @@ impl Tokenizer {
     }
 
     fn encode_text(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        let bpe = match &self.model {
+            Model::Bpe(bpe) => bpe,
+            Model::Spm(spm) => return spm.encode(text, out),
+        };
         let text = if self.add_prefix_space && !text.starts_with(' ') {
             Cow::Owned(format!(" {text}"))
         } else {
             Cow::Borrowed(text)
         };
         for piece in self.pre.split(&text)? {
-            self.bpe.encode_word(piece.as_bytes(), out);
+            bpe.encode_word(piece.as_bytes(), out);
         }
         Ok(())
     }
@@ -188,6 +211,7 @@ impl Tokenizer {
     /// `skip_special` drops special tokens (BOS, `<|im_end|>`, ...).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
+        let mut first = true;
         for &id in ids {
             let token = self
                 .tokens
@@ -200,6 +224,11 @@ impl Tokenizer {
                     ))
                 })?;
             if skip_special && self.special[id as usize] {
+                continue;
+            }
+            if let Model::Spm(spm) = &self.model {
+                spm.push_piece(id, token, first, &mut bytes);
+                first = false;
                 continue;
             }
             // Tokens outside the byte alphabet are added tokens written as plain text.

@@ -133,16 +133,11 @@ fn pre_tokenizer_follows_tokenizer_ggml_pre() {
 
 #[test]
 fn refuses_what_it_does_not_implement_with_typed_errors() {
-    let cases: [(&str, Option<Value>, &str); 4] = [
-        (
-            "tokenizer.ggml.model",
-            Some(Value::String("llama".into())),
-            "`llama` (SentencePiece) is not supported",
-        ),
+    let cases: [(&str, Option<Value>, &str); 3] = [
         (
             "tokenizer.ggml.model",
             Some(Value::String("bert".into())),
-            "`bert` is not supported",
+            "`bert` is not supported; supported: `gpt2` (byte-level BPE), `llama`",
         ),
         (
             "tokenizer.ggml.pre",
@@ -171,4 +166,81 @@ fn refuses_what_it_does_not_implement_with_typed_errors() {
         matches!(&err, Error::Metadata { key, .. } if key == "tokenizer.ggml.tokens"),
         "{err:?}"
     );
+}
+
+#[test]
+fn vocab_only_file_without_alignment_padding_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_gguf(dir.path(), |m| {
+        m.push(("general.name".into(), Value::String("vocab".into())));
+    });
+    // candle pads the header to the data alignment; llama.cpp's vocabulary-only files end
+    // right after the last metadata value (here the non-zero "vocab").
+    let bytes = std::fs::read(&path).expect("read");
+    let end = bytes.iter().rposition(|&b| b != 0).expect("not all zeros") + 1;
+    assert!(end < bytes.len(), "the writer left no padding to cut");
+    std::fs::write(&path, &bytes[..end]).expect("write");
+    let tok = load(&path).expect("a vocabulary-only file without padding loads");
+    assert_eq!(tok.vocab_size(), 264);
+}
+
+/// A SentencePiece (`llama`) vocabulary: 0 `<unk>`, 1 `<s>`, 2 `</s>`, 3..259 the byte
+/// tokens, then scored pieces.
+fn write_spm_gguf(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Value)>)) -> PathBuf {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+    let mut types = vec![2, 3, 3];
+    tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+    types.extend(std::iter::repeat_n(6, 256));
+    let mut scores = vec![0.0f32; tokens.len()];
+    for (piece, score) in [
+        ("▁", -1.0),
+        ("h", -2.0),
+        ("i", -2.0),
+        ("▁h", -3.0),
+        ("▁hi", -4.0),
+    ] {
+        tokens.push(piece.into());
+        types.push(1);
+        scores.push(score);
+    }
+    write_gguf(dir, |m| {
+        m.retain(|(k, _)| k != "tokenizer.ggml.merges" && k != "tokenizer.ggml.pre");
+        set(m, "tokenizer.ggml.model", Value::String("llama".into()));
+        set(m, "tokenizer.ggml.tokens", strings(&tokens));
+        let types = types.into_iter().map(Value::I32).collect();
+        set(m, "tokenizer.ggml.token_type", Value::Array(types));
+        m.retain(|(k, _)| k != "tokenizer.ggml.add_bos_token");
+        m.push((
+            "tokenizer.ggml.scores".into(),
+            Value::Array(scores.into_iter().map(Value::F32).collect()),
+        ));
+        edit(m);
+    })
+}
+
+#[test]
+fn sentencepiece_vocabulary_with_prefix_space_bos_and_byte_fallback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tok = load(&write_spm_gguf(dir.path(), |_| {})).expect("load");
+    let (space, hi) = (259, 263);
+    assert_eq!(tok.id_to_token(hi), Some("▁hi"));
+    // No add_bos_token: BOS is added, as llama.cpp does for SentencePiece vocabularies.
+    assert_eq!(tok.encode("hi", true).expect("encode"), vec![1, hi]);
+    // "é" has no piece: its UTF-8 bytes C3 A9 as <0xC3> <0xA9> (ids 3 + byte).
+    let ids = tok.encode("hi é</s>", false).expect("encode");
+    assert_eq!(ids, vec![hi, space, 3 + 0xC3, 3 + 0xA9, 2]);
+    assert_eq!(tok.decode(&ids, false).expect("decode"), "hi é</s>");
+    assert_eq!(tok.decode(&ids, true).expect("decode"), "hi é");
+    // Only the first piece loses the prefix space: " hi" is "▁" + "▁hi".
+    let ids = tok.encode(" hi", false).expect("encode");
+    assert_eq!(ids, vec![space, hi]);
+    assert_eq!(tok.decode(&ids, false).expect("decode"), " hi");
+
+    let path = write_spm_gguf(dir.path(), |m| {
+        m.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)));
+        m.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)));
+    });
+    let tok = load(&path).expect("load");
+    assert_eq!(tok.encode("hi", true).expect("encode"), vec![260, 261]);
+    assert_eq!(tok.decode(&[260, 261], false).expect("decode"), "hi");
 }

@@ -1,5 +1,6 @@
-//! Reading the tokenizer a GGUF file describes: `tokenizer.ggml.model` (only `gpt2`, the
-//! byte-level BPE), `tokens`, `merges`, `token_type`, `pre`, the special token ids, the
+//! Reading the tokenizer a GGUF file describes: `tokenizer.ggml.model` (`gpt2`, the
+//! byte-level BPE, or `llama`, SentencePiece), `tokens`, `merges` or `scores`, `token_type`,
+//! `pre`, `add_space_prefix`, the special token ids, the
 //! `add_bos_token` / `add_eos_token` flags and `tokenizer.chat_template`, following what
 //! transformers' GGUF converter and llama.cpp make of the same keys.
 
@@ -8,36 +9,41 @@ use candle_core::quantized::gguf_file::Value;
 use super::Parts;
 use super::added::AddedToken;
 use super::bpe;
-use super::pre::PreTokenizer;
+use super::pre::{self, PreTokenizer};
+use super::spm::Spm;
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
-/// llama.cpp's `token_type` values for tokens matched whole in the text.
-const TOKEN_TYPE_CONTROL: i64 = 3;
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+/// llama.cpp's `tokenizer.ggml.token_type` values.
+pub(crate) const TOKEN_TYPE_NORMAL: i64 = 1;
+pub(crate) const TOKEN_TYPE_UNKNOWN: i64 = 2;
+pub(crate) const TOKEN_TYPE_CONTROL: i64 = 3;
+pub(crate) const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+pub(crate) const TOKEN_TYPE_BYTE: i64 = 6;
+
+/// The `tokenizer.ggml.model` values this engine reads.
+const MODELS: &str = "`gpt2` (byte-level BPE), `llama` (SentencePiece)";
 
 /// The parts of the tokenizer in `gguf`'s metadata.
 pub(crate) fn read(gguf: &GgufFile) -> Result<Parts> {
     let path = gguf.path().display().to_string();
     let fail = |msg: String| Error::Tokenizer(format!("{path}: {msg}"));
     match gguf.string("tokenizer.ggml.model")?.as_str() {
-        "gpt2" => {}
-        "llama" => {
-            return Err(fail(
-                "tokenizer.ggml.model `llama` (SentencePiece) is not supported yet; \
-                 only byte-level BPE (`gpt2`) is"
-                    .into(),
-            ));
-        }
-        other => {
-            return Err(fail(format!(
-                "tokenizer.ggml.model `{other}` is not supported; only byte-level BPE (`gpt2`) is"
-            )));
-        }
+        "gpt2" => read_bpe(gguf),
+        "llama" => read_spm(gguf),
+        other => Err(fail(format!(
+            "tokenizer.ggml.model `{other}` is not supported; supported: {MODELS}"
+        ))),
     }
+}
+
+/// A byte-level BPE vocabulary (`gpt2`).
+fn read_bpe(gguf: &GgufFile) -> Result<Parts> {
+    let path = gguf.path().display().to_string();
+    let fail = |msg: String| Error::Tokenizer(format!("{path}: {msg}"));
     let pre_name = gguf.optional("tokenizer.ggml.pre", GgufFile::string)?;
-    let pre = PreTokenizer::named(pre_name.as_deref().unwrap_or("default"))
-        .map_err(|e| fail(message(e)))?;
+    let pre_name = pre_name.as_deref().unwrap_or("default");
+    let pre = PreTokenizer::named(pre_name).map_err(|e| fail(message(e)))?;
     let raw = gguf.strings("tokenizer.ggml.tokens")?;
     let merges = gguf
         .optional("tokenizer.ggml.merges", GgufFile::strings)?
@@ -86,41 +92,124 @@ pub(crate) fn read(gguf: &GgufFile) -> Result<Parts> {
         };
         vocab.push((spelled, id));
     }
-    let special_id = |key: &str| -> Result<Option<u32>> {
-        // An id outside the vocabulary (some converters write -1 or a stale id) is absent.
-        Ok(gguf
-            .optional(key, GgufFile::u64)?
-            .and_then(|id| u32::try_from(id).ok())
-            .filter(|&id| (id as usize) < raw.len()))
-    };
-    let bos_id = special_id("tokenizer.ggml.bos_token_id")?;
-    let eos_id = special_id("tokenizer.ggml.eos_token_id")?;
-    let flag =
-        |key: &str| -> Result<bool> { Ok(gguf.optional(key, GgufFile::bool)?.unwrap_or(false)) };
-    let wanted = |on: bool, id: Option<u32>, what: &str| -> Result<Vec<u32>> {
-        match (on, id) {
-            (false, _) => Ok(Vec::new()),
-            (true, Some(id)) => Ok(vec![id]),
-            (true, None) => Err(fail(format!(
-                "add_{what}_token is set but {what}_token_id is missing"
-            ))),
-        }
-    };
-    let prefix = wanted(flag("tokenizer.ggml.add_bos_token")?, bos_id, "bos")?;
-    let suffix = wanted(flag("tokenizer.ggml.add_eos_token")?, eos_id, "eos")?;
+    let specials = Specials::read(gguf, raw.len(), false)?;
     Ok(Parts {
         vocab,
         merges,
-        ignore_merges: false,
+        ignore_merges: pre::ignores_merges(pre_name),
         pre,
         add_prefix_space: false,
         added,
-        prefix,
-        suffix,
-        bos_id,
-        eos_id,
+        spm: None,
+        prefix: specials.prefix,
+        suffix: specials.suffix,
+        bos_id: specials.bos_id,
+        eos_id: specials.eos_id,
         chat_template: gguf.optional("tokenizer.chat_template", GgufFile::string)?,
     })
+}
+
+/// A SentencePiece vocabulary (`llama`), tokenized as llama.cpp's SPM tokenizer does.
+///
+/// Control, user-defined and unknown tokens are matched whole in the text; control and
+/// unknown ones are special. Without `tokenizer.ggml.add_bos_token` BOS is added, as
+/// llama.cpp and HF's `LlamaTokenizer` do for this kind of vocabulary.
+fn read_spm(gguf: &GgufFile) -> Result<Parts> {
+    let path = gguf.path().display().to_string();
+    let fail = |msg: String| Error::Tokenizer(format!("{path}: {msg}"));
+    let tokens = gguf.strings("tokenizer.ggml.tokens")?;
+    let n = tokens.len();
+    let types = int_array(gguf, "tokenizer.ggml.token_type")?.unwrap_or_default();
+    let scores = gguf
+        .optional("tokenizer.ggml.scores", float_array)?
+        .unwrap_or_default();
+    for (key, len) in [("token_type", types.len()), ("scores", scores.len())] {
+        if len != 0 && len != n {
+            return Err(fail(format!(
+                "tokenizer.ggml.{key} has {len} entries for {n} tokens"
+            )));
+        }
+    }
+    let mut vocab = Vec::with_capacity(n);
+    let mut added = Vec::new();
+    for (id, token) in tokens.iter().enumerate() {
+        let id = u32::try_from(id).map_err(|_| fail("more than 2^32 tokens".into()))?;
+        let kind = types.get(id as usize).copied().unwrap_or(TOKEN_TYPE_NORMAL);
+        if matches!(
+            kind,
+            TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN
+        ) {
+            let special = kind != TOKEN_TYPE_USER_DEFINED;
+            added.push(AddedToken::plain(token.clone(), id, special));
+        }
+        vocab.push((token.clone(), id));
+    }
+    let specials = Specials::read(gguf, n, true)?;
+    let unk_id = specials_id(gguf, "tokenizer.ggml.unknown_token_id", n)?;
+    let add_space_prefix = gguf
+        .optional("tokenizer.ggml.add_space_prefix", GgufFile::bool)?
+        .unwrap_or(true);
+    Ok(Parts {
+        vocab,
+        merges: Vec::new(),
+        ignore_merges: false,
+        pre: PreTokenizer::from_patterns(std::iter::empty::<&str>())?,
+        add_prefix_space: false,
+        added,
+        spm: Some(Spm::new(&tokens, &scores, &types, unk_id, add_space_prefix)),
+        prefix: specials.prefix,
+        suffix: specials.suffix,
+        bos_id: specials.bos_id,
+        eos_id: specials.eos_id,
+        chat_template: gguf.optional("tokenizer.chat_template", GgufFile::string)?,
+    })
+}
+
+/// BOS / EOS and whether to add them.
+struct Specials {
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+}
+
+impl Specials {
+    /// `add_bos_default`: whether BOS is added when `tokenizer.ggml.add_bos_token` is absent.
+    fn read(gguf: &GgufFile, n_tokens: usize, add_bos_default: bool) -> Result<Self> {
+        let path = gguf.path().display().to_string();
+        let bos_id = specials_id(gguf, "tokenizer.ggml.bos_token_id", n_tokens)?;
+        let eos_id = specials_id(gguf, "tokenizer.ggml.eos_token_id", n_tokens)?;
+        let flag = |key: &str, default: bool| -> Result<bool> {
+            Ok(gguf.optional(key, GgufFile::bool)?.unwrap_or(default))
+        };
+        let wanted = |on: bool, id: Option<u32>, what: &str| -> Result<Vec<u32>> {
+            match (on, id) {
+                (false, _) => Ok(Vec::new()),
+                (true, Some(id)) => Ok(vec![id]),
+                (true, None) => Err(Error::Tokenizer(format!(
+                    "{path}: add_{what}_token is set but {what}_token_id is missing"
+                ))),
+            }
+        };
+        let add_bos = flag("tokenizer.ggml.add_bos_token", add_bos_default)?;
+        let prefix = wanted(add_bos, bos_id, "bos")?;
+        let suffix = wanted(flag("tokenizer.ggml.add_eos_token", false)?, eos_id, "eos")?;
+        Ok(Self {
+            bos_id,
+            eos_id,
+            prefix,
+            suffix,
+        })
+    }
+}
+
+/// A special token id; one outside the vocabulary (some converters write -1 or a stale id)
+/// is absent.
+fn specials_id(gguf: &GgufFile, key: &str, n_tokens: usize) -> Result<Option<u32>> {
+    Ok(gguf
+        .optional(key, GgufFile::u64)?
+        .and_then(|id| u32::try_from(id).ok())
+        .filter(|&id| (id as usize) < n_tokens))
 }
 
 /// The message of an [`Error::Tokenizer`] (to re-wrap it with the file's name).
@@ -161,4 +250,27 @@ fn int_array(gguf: &GgufFile, key: &str) -> Result<Option<Vec<i64>>> {
         })
         .collect::<Result<_>>()
         .map(Some)
+}
+
+/// A float array from GGUF metadata (`tokenizer.ggml.scores`).
+fn float_array(gguf: &GgufFile, key: &str) -> Result<Vec<f32>> {
+    let wrong = |reason: String| Error::Metadata {
+        path: gguf.path().to_path_buf(),
+        key: key.to_owned(),
+        reason,
+    };
+    gguf.value(key)?
+        .to_vec()
+        .map_err(|e| wrong(format!("expected an array: {e}")))?
+        .iter()
+        .map(|v| match v {
+            Value::F32(x) => Ok(*x),
+            // Scores only order merges; f32 is what llama.cpp keeps.
+            Value::F64(x) => Ok(*x as f32),
+            other => Err(wrong(format!(
+                "expected floats, got {:?}",
+                other.value_type()
+            ))),
+        })
+        .collect()
 }

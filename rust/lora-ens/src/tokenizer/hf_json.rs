@@ -109,6 +109,7 @@ fn parse(json: &Value, config: Option<&Value>) -> Parsed<Parts> {
         pre,
         add_prefix_space,
         added,
+        spm: None,
         prefix,
         suffix,
         chat_template,

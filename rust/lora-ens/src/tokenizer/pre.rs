@@ -43,6 +43,17 @@ const NAMED: &[(&[&str], &[&str])] = &[
     (&["qwen2", "deepseek-r1-qwen"], &[QWEN2]),
 ];
 
+/// The names whose BPE emits a piece that is itself a vocabulary token without merging it
+/// (llama.cpp's `ignore_merges`, HF's `BPE(ignore_merges=true)` in LLaMA-3's tokenizer.json):
+/// merging can stop short of it, e.g. " Việt" is one token, but its merges end at
+/// ` Vi` + `ệ` + `t`.
+const IGNORE_MERGES: &[&str] = &["llama-bpe", "llama3", "llama-v3"];
+
+/// Whether the BPE under the `tokenizer.ggml.pre` name `name` ignores merges.
+pub(crate) fn ignores_merges(name: &str) -> bool {
+    IGNORE_MERGES.contains(&name)
+}
+
 /// A sequence of isolated regex splits.
 #[derive(Debug, Clone)]
 pub(crate) struct PreTokenizer {

@@ -43,6 +43,7 @@ fn toy_parts(pre: &str, add_bos: bool) -> Parts {
         pre: PreTokenizer::named(pre).expect("known pre-tokenizer"),
         add_prefix_space: false,
         added,
+        spm: None,
         prefix: if add_bos { vec![300] } else { Vec::new() },
         suffix: Vec::new(),
         bos_id: Some(300),
