@@ -296,27 +296,41 @@ pub fn evaluate(
 pub fn ood_auroc(in_scores: &[f64], out_scores: &[f64]) -> Result<f64> {
     check_ood(in_scores, out_scores)?;
     // Sum of the out-of-distribution scores' ranks (1-based, ties get their mean rank).
+    let mut rank_sum = 0.0f64;
+    let mut start = 0;
+    for (size, outs) in tied_runs(in_scores, out_scores, false) {
+        let end = start + size;
+        rank_sum += (start + 1 + end) as f64 / 2.0 * outs as f64;
+        start = end;
+    }
+    let (n_in, n_out) = (in_scores.len() as f64, out_scores.len() as f64);
+    let u = rank_sum - n_out * (n_out + 1.0) / 2.0;
+    Ok(u / (n_in * n_out))
+}
+
+/// Both score sets pooled and sorted (ascending, or descending), cut into runs of equal
+/// scores: (run length, out-of-distribution scores in it), in sorted order.
+fn tied_runs(in_scores: &[f64], out_scores: &[f64], descending: bool) -> Vec<(usize, usize)> {
     let mut all: Vec<(f64, bool)> = in_scores
         .iter()
         .map(|&s| (s, false))
         .chain(out_scores.iter().map(|&s| (s, true)))
         .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut rank_sum = 0.0f64;
+    all.sort_by(|a, b| {
+        let order = a.0.total_cmp(&b.0);
+        if descending { order.reverse() } else { order }
+    });
+    let mut runs = Vec::new();
     let mut start = 0;
     while start < all.len() {
         let mut end = start + 1;
         while end < all.len() && all[end].0 == all[start].0 {
             end += 1;
         }
-        let mean_rank = (start + 1 + end) as f64 / 2.0;
-        let outs = all[start..end].iter().filter(|x| x.1).count();
-        rank_sum += mean_rank * outs as f64;
+        runs.push((end - start, all[start..end].iter().filter(|x| x.1).count()));
         start = end;
     }
-    let (n_in, n_out) = (in_scores.len() as f64, out_scores.len() as f64);
-    let u = rank_sum - n_out * (n_out + 1.0) / 2.0;
-    Ok(u / (n_in * n_out))
+    runs
 }
 
 /// Both sets non-empty and finite.
@@ -350,29 +364,16 @@ fn check_ood(in_scores: &[f64], out_scores: &[f64]) -> Result<()> {
 /// ```
 pub fn ood_aupr(in_scores: &[f64], out_scores: &[f64]) -> Result<f64> {
     check_ood(in_scores, out_scores)?;
-    let mut all: Vec<(f64, bool)> = in_scores
-        .iter()
-        .map(|&s| (s, false))
-        .chain(out_scores.iter().map(|&s| (s, true)))
-        .collect();
     // Highest score first; a run of equal scores is one threshold.
-    all.sort_by(|a, b| b.0.total_cmp(&a.0));
     let n_out = out_scores.len() as f64;
     let (mut tp, mut seen, mut ap, mut last_recall) = (0.0f64, 0usize, 0.0f64, 0.0f64);
-    let mut start = 0;
-    while start < all.len() {
-        let mut end = start + 1;
-        while end < all.len() && all[end].0 == all[start].0 {
-            end += 1;
-        }
-        tp += all[start..end].iter().filter(|x| x.1).count() as f64;
-        seen = end;
+    for (size, outs) in tied_runs(in_scores, out_scores, true) {
+        tp += outs as f64;
+        seen += size;
         let recall = tp / n_out;
         ap += (recall - last_recall) * (tp / seen as f64);
         last_recall = recall;
-        start = end;
     }
-    debug_assert_eq!(seen, all.len());
     Ok(ap)
 }
 
