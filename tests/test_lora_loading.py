@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -181,6 +184,30 @@ def test_ensemble_directory_and_base_hash(
     (ens / "ensemble.json").write_text(json.dumps({"members": ["m0", "gone"]}))
     with pytest.raises(lora_ens_rs.AdapterError, match=r"gone: member 2 of 2.*does not exist"):
         _core.load_adapters([ens], model)
+
+
+def test_members_outside_the_ensemble_directory_are_refused(
+    tiny_dir: Path, model: _core.Model, tmp_path: Path
+) -> None:
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    write_adapter(tiny_dir / "hf", tmp_path / "elsewhere", seed=3, r=2, target_modules=["q_proj"])
+    (ens / "ensemble.json").write_text(json.dumps({"members": ["../elsewhere"]}))
+    with pytest.raises(lora_ens_rs.AdapterError, match="outside the ensemble directory") as e:
+        lora_ens_rs.Ensemble(tiny_dir / "tiny-q8_0.gguf", ens)
+    assert "LORA_ENS_RS_ALLOW_OUTSIDE_MEMBERS" in str(e.value)
+    # The opt-in is the user's, in the environment; the manifest cannot grant it.
+    code = "import sys, lora_ens_rs; print(lora_ens_rs.Ensemble(sys.argv[1], sys.argv[2]).members)"
+    env = {**os.environ, "LORA_ENS_RS_ALLOW_OUTSIDE_MEMBERS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_dir / "tiny-q8_0.gguf"), str(ens)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip() == "['elsewhere']"
 
 
 def smollm2_q(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

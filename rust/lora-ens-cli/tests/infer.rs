@@ -174,13 +174,16 @@ fn ensemble_with_scoring(dir: &Path, scoring: Value) -> PathBuf {
     let src = fixture("ensemble");
     let mut manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("ensemble.json")).unwrap()).unwrap();
-    manifest["members"] = ["m0", "m1", "m2"]
-        .iter()
-        .map(|m| Value::from(s(&src.join(m))))
-        .collect();
     manifest["scoring"] = scoring;
     let ens = dir.join("ens");
-    std::fs::create_dir_all(&ens).unwrap();
+    // Members live inside the ensemble directory: copy the fixture's.
+    for m in ["m0", "m1", "m2"] {
+        std::fs::create_dir_all(ens.join(m)).unwrap();
+        for f in std::fs::read_dir(src.join(m)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, ens.join(m).join(f.file_name().unwrap())).unwrap();
+        }
+    }
     std::fs::write(ens.join("ensemble.json"), manifest.to_string()).unwrap();
     ens
 }

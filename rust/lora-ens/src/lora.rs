@@ -18,7 +18,8 @@ use safetensors::SafeTensors;
 
 pub use config::{AdapterConfig, Pattern, TargetModules};
 pub use manifest::{
-    EnsembleManifest, KNOWN_TEMPLATES, MANIFEST_FILE, ManifestScoring, load_adapters,
+    ALLOW_OUTSIDE_MEMBERS_ENV, EnsembleManifest, KNOWN_TEMPLATES, MANIFEST_FILE, ManifestScoring,
+    load_adapters,
 };
 
 use crate::config::{LlamaConfig, Target};

@@ -15,6 +15,11 @@ use crate::{Error, Result, prompt};
 /// The manifest's file name inside an ensemble directory.
 pub const MANIFEST_FILE: &str = "ensemble.json";
 
+/// The environment variable that, set to `1`, lets an ensemble's members live outside its
+/// directory (`..`, absolute paths, links out): for a user who means it; off by default, so a
+/// downloaded ensemble cannot make the engine read elsewhere.
+pub const ALLOW_OUTSIDE_MEMBERS_ENV: &str = "LORA_ENS_RS_ALLOW_OUTSIDE_MEMBERS";
+
 /// The prompt templates this engine knows (a manifest naming another is refused).
 pub const KNOWN_TEMPLATES: &[&str] = &[prompt::TEMPLATE_NAME];
 
@@ -251,9 +256,26 @@ impl EnsembleManifest {
         Ok(())
     }
 
-    /// Load every member for `base`; an error says which member failed.
+    /// Load every member for `base`; an error says which member failed. Members must resolve
+    /// (symbolic links followed) inside the manifest's directory unless the environment
+    /// variable [`ALLOW_OUTSIDE_MEMBERS_ENV`] is `1`.
     pub fn load_members(&self, base: &LlamaConfig) -> Result<Vec<LoraAdapter>> {
+        let allow = std::env::var(ALLOW_OUTSIDE_MEMBERS_ENV).is_ok_and(|v| v == "1");
+        self.load_members_with(base, allow)
+    }
+
+    /// [`EnsembleManifest::load_members`], with members outside the directory allowed or not.
+    pub(crate) fn load_members_with(
+        &self,
+        base: &LlamaConfig,
+        allow_outside: bool,
+    ) -> Result<Vec<LoraAdapter>> {
         let n = self.members.len();
+        let root = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let root = std::fs::canonicalize(&root).map_err(|e| Error::io(&root, e))?;
         self.members
             .iter()
             .enumerate()
@@ -263,6 +285,19 @@ impl EnsembleManifest {
                     return Err(refuse(
                         dir,
                         format!("{which}: the directory does not exist"),
+                    ));
+                }
+                let real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+                if !allow_outside && !real.starts_with(&root) {
+                    return Err(refuse(
+                        dir,
+                        format!(
+                            "{which}: resolves to {}, outside the ensemble directory {}; \
+                             members must live inside it (set {ALLOW_OUTSIDE_MEMBERS_ENV}=1 \
+                             to load members from elsewhere)",
+                            real.display(),
+                            root.display()
+                        ),
                     ));
                 }
                 LoraAdapter::load(dir, base).map_err(|e| match e {

@@ -341,3 +341,43 @@ fn manifest_template_and_scoring_are_checked() {
     let got = adapter_reason(parse(json!({"members": ["m0"], "seeds": [-1]})));
     assert!(got.contains("seeds"), "{got}");
 }
+
+#[test]
+fn members_must_live_inside_the_ensemble_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ens = tmp.path().join("ens");
+    write_adapter(&ens.join("m0"), json!({}), &lora_tensors(&ATTN, 2));
+    write_adapter(
+        &ens.join("sub").join("m1"),
+        json!({}),
+        &lora_tensors(&ATTN, 2),
+    );
+    let outside = tmp.path().join("elsewhere");
+    write_adapter(&outside, json!({}), &lora_tensors(&ATTN, 2));
+    let manifest = |members: serde_json::Value| {
+        let text = json!({ "members": members }).to_string();
+        EnsembleManifest::from_json(&text, &ens.join(MANIFEST_FILE)).unwrap()
+    };
+    // Inside, also through `..` that stays inside.
+    let ok = manifest(json!(["m0", "sub/../sub/m1"]));
+    assert_eq!(ok.load_members_with(&base(), false).unwrap().len(), 2);
+    // Out through `..`, an absolute path and a symbolic link: refused, naming the member.
+    let abs = outside.to_str().unwrap().to_owned();
+    let mut cases = vec![json!(["m0", "../elsewhere"]), json!([abs])];
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&outside, ens.join("link")).unwrap();
+        cases.push(json!(["link"]));
+    }
+    for members in cases {
+        let m = manifest(members.clone());
+        let got = adapter_reason(m.load_members_with(&base(), false));
+        assert!(
+            got.contains("outside the ensemble directory")
+                && got.contains(ALLOW_OUTSIDE_MEMBERS_ENV),
+            "{members}: {got}"
+        );
+        // The explicit opt-in loads it.
+        assert!(m.load_members_with(&base(), true).is_ok(), "{members}");
+    }
+}
