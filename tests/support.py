@@ -56,6 +56,19 @@ def load_reference(path: str):
     return tok, model.eval()
 
 
+def right_padded(chunk: list[list[int]]):
+    """(input_ids, attention_mask) of token id lists, right-padded with zeros to the longest."""
+    import torch
+
+    width = max(map(len, chunk))
+    input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for row, seq in enumerate(chunk):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
 def reference_last_logits(model, ids: list[list[int]], batch_size: int = 16) -> np.ndarray:
     """transformers' last-position logits, right-padded batches with an attention mask."""
     import torch
@@ -63,12 +76,7 @@ def reference_last_logits(model, ids: list[list[int]], batch_size: int = 16) -> 
     out = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
-        width = max(map(len, chunk))
-        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+        input_ids, mask = right_padded(chunk)
         with torch.no_grad():
             logits = model(input_ids=input_ids, attention_mask=mask).logits
         last = torch.tensor([len(s) - 1 for s in chunk])
@@ -120,12 +128,7 @@ def peft_choice_scores(
         peft_model.set_adapter(f"m{m}")
         for start in range(0, len(seqs), 16):
             chunk = seqs[start : start + 16]
-            width = max(map(len, chunk))
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, s in enumerate(chunk):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
+            ids, mask = right_padded(chunk)
             with torch.no_grad():
                 logp = torch.log_softmax(peft_model(input_ids=ids, attention_mask=mask).logits, -1)
             for r, s in enumerate(chunk):

@@ -7,20 +7,11 @@ use std::path::{Path, PathBuf};
 
 use lora_ens_cli::{Cli, Context};
 
-/// A file of the tiny fixture model.
-pub fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("LORA_ENS_RS_FIXTURES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny"),
-        PathBuf::from,
-    );
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make fixtures` first",
-        path.display()
-    );
-    path
-}
+// The fixture locator is the engine's test helper (`rust/lora-ens/src/test_support.rs`).
+#[path = "../../../lora-ens/src/test_support.rs"]
+mod test_support;
+
+pub(crate) use test_support::fixture;
 
 /// A file of the benchmark data directory, if it is there.
 pub fn data_file(name: &str) -> Option<PathBuf> {

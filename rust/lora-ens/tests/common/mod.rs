@@ -1,31 +1,8 @@
-//! Helpers shared by the engine's integration tests.
+//! Helpers shared by the engine's integration tests: the unit tests' own, from
+//! `src/test_support.rs`, so there is one fixture locator.
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
-use std::path::{Path, PathBuf};
+#[path = "../../src/test_support.rs"]
+mod test_support;
 
-use candle_core::Tensor;
-
-/// A file of the tiny fixture model (`make fixtures` writes them; `$LORA_ENS_RS_FIXTURES`
-/// points elsewhere).
-pub fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("LORA_ENS_RS_FIXTURES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny"),
-        PathBuf::from,
-    );
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make fixtures` first",
-        path.display()
-    );
-    path
-}
-
-/// Largest absolute elementwise difference of two tensors of the same shape.
-pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
-        .and_then(|d| d.max_all())
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("tensors of the same shape")
-}
+pub(crate) use test_support::{fixture, max_diff};
