@@ -1,11 +1,13 @@
 """Fetch llama.cpp's tokenizer test vocabularies (`models/ggml-vocab-*.gguf` with their
-`.inp` / `.out` cases) from the `llama-cpp-python` sdist on PyPI into the cache.
+`.inp` / `.out` cases) and its HF-to-GGUF converter (`convert_hf_to_gguf.py` with its
+`conversion/` package and the `gguf-py` it ships) from the `llama-cpp-python` sdist on PyPI
+into the cache.
 
     python scripts/fetch_llama_vocabs.py            # prints the directory holding the files
 
 llama.cpp is MIT-licensed (Copyright (c) 2023-2026 The ggml authors); the files are fetched
 at test time, not committed. The sdist is downloaded with pip, checked against its sha256,
-and only the vocabulary files (and llama.cpp's LICENSE) are kept, under
+and only those files (and llama.cpp's LICENSE) are kept, under
 ``<cache>/llama-vocabs-<version>`` (``$LORA_ENS_RS_CACHE`` or ``~/.cache/lora-ens-rs``).
 """
 
@@ -28,7 +30,8 @@ SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 MEMBER_PREFIX = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
 # The directory appears whole (atomic rename), so holding this file means it is complete.
-DONE = "LICENSE"
+DONE = "convert_hf_to_gguf.py"
+CONVERTER = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/")
 
 
 def vocab_dir(cache: str | os.PathLike[str] | None = None) -> Path:
@@ -41,7 +44,7 @@ def _wanted(name: str) -> str | None:
     if not name.startswith(MEMBER_PREFIX):
         return None
     rest = name[len(MEMBER_PREFIX) :]
-    if rest == "LICENSE":
+    if rest == "LICENSE" or rest.startswith(CONVERTER):
         return rest
     if rest.startswith("models/ggml-vocab-") and "/" not in rest[len("models/") :]:
         return rest[len("models/") :]
@@ -75,6 +78,7 @@ def fetch(cache: str | os.PathLike[str] | None = None) -> Path:
                     continue
                 src = tar.extractfile(member)
                 assert src is not None, member.name
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_bytes(src.read())
     return target
 

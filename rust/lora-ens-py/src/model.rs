@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use lora_ens::{KvCache, Llama, LlamaConfig, Logits};
+use lora_ens::{KvCache, Llama, LlamaConfig, Logits, RopeScaling};
 use numpy::{PyArray2, PyArray3, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -170,6 +170,7 @@ fn greedy(
 /// A model's hyper-parameters as a dict (shared with `Ensemble.config`).
 pub(crate) fn config_dict<'py>(py: Python<'py>, c: &LlamaConfig) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
+    d.set_item("architecture", c.architecture.name())?;
     d.set_item("vocab_size", c.vocab_size)?;
     d.set_item("hidden", c.hidden)?;
     d.set_item("n_layer", c.n_layer)?;
@@ -179,6 +180,12 @@ pub(crate) fn config_dict<'py>(py: Python<'py>, c: &LlamaConfig) -> PyResult<Bou
     d.set_item("ffn", c.ffn)?;
     d.set_item("rms_eps", c.rms_eps)?;
     d.set_item("rope_base", c.rope_base)?;
+    let scaling = match &c.rope_scaling {
+        RopeScaling::None => "none".to_owned(),
+        RopeScaling::Linear { factor } => format!("linear:{factor}"),
+        RopeScaling::FreqFactors => "freq_factors".to_owned(),
+    };
+    d.set_item("rope_scaling", scaling)?;
     d.set_item("context_length", c.context_length)?;
     d.set_item("tied_embeddings", c.tied_embeddings)?;
     Ok(d)

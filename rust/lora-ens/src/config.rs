@@ -2,8 +2,9 @@
 //! multi-adapter layer import them from here rather than from one another: the model's
 //! hyper-parameters ([`LlamaConfig`], read from GGUF metadata) and the adaptable projections
 //! ([`Target`]), and how questions are scored ([`Scoring`], [`Normalization`]), which the
-//! ensemble manifest records and the scorer reads. Another architecture family gets its own
-//! config type beside `LlamaConfig`.
+//! ensemble manifest records and the scorer reads. The LLaMA-family architectures
+//! ([`Architecture`]) share `LlamaConfig`; a family with another block structure would get its
+//! own config type beside it.
 
 use std::fmt;
 
@@ -12,89 +13,268 @@ use serde::{Deserialize, Serialize};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
-/// Hyper-parameters of a LLaMA model, from the `llama.*` GGUF metadata.
+/// The decoder families the engine runs: one block structure (RMSNorm, GQA attention with
+/// RoPE, SwiGLU MLP) with per-family details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Architecture {
+    /// `llama`: LLaMA-2, LLaMA-3.x, Mistral-7B, SmolLM2, TinyLlama. llama.cpp's converter
+    /// permutes the Q/K rows so the rotation pairs adjacent elements.
+    Llama,
+    /// `qwen2`: Qwen2 / Qwen2.5. Biases on the Q, K and V projections; HF row order and the
+    /// half-split ("neox") rotation.
+    Qwen2,
+    /// `qwen3`: Qwen3 (dense). Per-head RMSNorm of queries and keys before the rotation, no
+    /// biases; HF row order and the half-split rotation; `head_dim` may differ from
+    /// `hidden / n_head`.
+    Qwen3,
+}
+
+impl Architecture {
+    /// Every supported `general.architecture` value.
+    pub const NAMES: [&'static str; 3] = ["llama", "qwen2", "qwen3"];
+
+    /// Parse a `general.architecture` value.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Architecture::Llama),
+            "qwen2" => Some(Architecture::Qwen2),
+            "qwen3" => Some(Architecture::Qwen3),
+            _ => None,
+        }
+    }
+
+    /// The `general.architecture` value, which also prefixes its metadata keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+        }
+    }
+
+    /// Whether RoPE rotates adjacent pairs `(2i, 2i + 1)` (the converter's permuted Q/K rows)
+    /// rather than the halves `(i, i + head_dim / 2)` of each head.
+    pub fn interleaved_rope(self) -> bool {
+        matches!(self, Architecture::Llama)
+    }
+
+    /// Whether Q, K and V carry biases (`blk.N.attn_q.bias` ..).
+    pub fn qkv_bias(self) -> bool {
+        matches!(self, Architecture::Qwen2)
+    }
+
+    /// Whether queries and keys are RMS-normalized per head (`blk.N.attn_q_norm.weight` ..).
+    pub fn qk_norm(self) -> bool {
+        matches!(self, Architecture::Qwen3)
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How RoPE frequencies are rescaled for long contexts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE: `theta_i = base^(-2i / head_dim)`.
+    None,
+    /// Linear position interpolation (`{arch}.rope.scaling.type = linear`): positions divided
+    /// by `factor` (`{arch}.rope.scaling.factor`).
+    Linear {
+        /// The divisor of positions.
+        factor: f64,
+    },
+    /// Per-frequency divisors from the `rope_freqs.weight` tensor (`head_dim / 2` values):
+    /// how llama.cpp's converter stores LLaMA-3.1 / 3.2's `llama3` scaling.
+    FreqFactors,
+}
+
+/// Hyper-parameters of a LLaMA-family model, from the `{arch}.*` GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
-    /// Rows of the token embedding and of the lm_head (`llama.vocab_size`, else the
+    /// Which family (`general.architecture`).
+    pub architecture: Architecture,
+    /// Rows of the token embedding and of the lm_head (`{arch}.vocab_size`, else the
     /// number of `tokenizer.ggml.tokens`).
     pub vocab_size: usize,
-    /// Width of the residual stream (`llama.embedding_length`).
+    /// Width of the residual stream (`{arch}.embedding_length`).
     pub hidden: usize,
-    /// Number of decoder blocks (`llama.block_count`).
+    /// Number of decoder blocks (`{arch}.block_count`).
     pub n_layer: usize,
-    /// Query heads per block (`llama.attention.head_count`).
+    /// Query heads per block (`{arch}.attention.head_count`).
     pub n_head: usize,
-    /// Key / value heads per block (`llama.attention.head_count_kv`; GQA when fewer than
+    /// Key / value heads per block (`{arch}.attention.head_count_kv`; GQA when fewer than
     /// `n_head`, each shared by `n_head / n_kv_head` query heads).
     pub n_kv_head: usize,
-    /// Width of one head (`llama.rope.dimension_count`, else `hidden / n_head`); even.
+    /// Width of one head (`{arch}.attention.key_length`, else `{arch}.rope.dimension_count`,
+    /// else `hidden / n_head`); even. Queries are `n_head * head_dim` wide.
     pub head_dim: usize,
-    /// Inner width of the SwiGLU MLP (`llama.feed_forward_length`).
+    /// Inner width of the SwiGLU MLP (`{arch}.feed_forward_length`).
     pub ffn: usize,
-    /// RMSNorm epsilon (`llama.attention.layer_norm_rms_epsilon`).
+    /// RMSNorm epsilon (`{arch}.attention.layer_norm_rms_epsilon`).
     pub rms_eps: f64,
-    /// RoPE base frequency (`llama.rope.freq_base`, default 10000).
+    /// RoPE base frequency (`{arch}.rope.freq_base`, default 10000).
     pub rope_base: f64,
-    /// Positions the RoPE tables cover: the longest sequence the model runs
-    /// (`llama.context_length`).
+    /// RoPE frequency rescaling.
+    pub rope_scaling: RopeScaling,
+    /// The longest sequence the model was trained for (`{arch}.context_length`); longer
+    /// inputs are refused.
     pub context_length: usize,
     /// The lm_head is the token embedding (no `output.weight` tensor).
     pub tied_embeddings: bool,
 }
 
+/// Upper bounds on header values, so a corrupt or hostile file is refused before it sizes
+/// anything: far above any released model of these families.
+const MAX_WIDTH: u64 = 1 << 20;
+const MAX_LAYERS: u64 = 4096;
+const MAX_CONTEXT: u64 = 1 << 24;
+
 impl LlamaConfig {
-    /// Read the config of a `general.architecture = llama` file.
+    /// Read the config of a `llama`, `qwen2` or `qwen3` file.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        let arch = gguf.string("general.architecture")?;
-        if arch != "llama" {
-            return Err(Error::UnsupportedModel {
-                path: gguf.path().to_path_buf(),
-                reason: format!("architecture `{arch}` (this engine runs `llama`)"),
-            });
-        }
-        let u = |k: &str| gguf.u64(&format!("llama.{k}")).map(|v| v as usize);
-        let hidden = u("embedding_length")?;
-        let n_head = u("attention.head_count")?;
-        let n_kv_head = gguf
-            .optional("llama.attention.head_count_kv", GgufFile::u64)?
-            .map_or(n_head, |v| v as usize);
-        let head_dim = gguf
-            .optional("llama.rope.dimension_count", GgufFile::u64)?
-            .map_or(hidden / n_head.max(1), |v| v as usize);
-        let bad = |key: &str, reason: String| Error::Metadata {
+        let arch_name = gguf.string("general.architecture")?;
+        let arch = Architecture::from_name(&arch_name).ok_or_else(|| Error::UnsupportedModel {
             path: gguf.path().to_path_buf(),
-            key: key.to_owned(),
+            reason: format!(
+                "architecture `{arch_name}` (this engine runs {})",
+                Architecture::NAMES.join(", ")
+            ),
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let bad = |k: &str, reason: String| Error::Metadata {
+            path: gguf.path().to_path_buf(),
+            key: key(k),
             reason,
         };
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+        // Every size is checked against a bound before it is used to size anything.
+        let bounded = |k: &str, v: u64, max: u64| -> Result<usize> {
+            if v == 0 || v > max {
+                return Err(bad(k, format!("{v} is outside 1..={max}")));
+            }
+            Ok(v as usize)
+        };
+        let u = |k: &str, max: u64| bounded(k, gguf.u64(&key(k))?, max);
+        let opt = |k: &str, max: u64| -> Result<Option<usize>> {
+            gguf.optional(&key(k), GgufFile::u64)?
+                .map(|v| bounded(k, v, max))
+                .transpose()
+        };
+        let hidden = u("embedding_length", MAX_WIDTH)?;
+        let n_head = u("attention.head_count", MAX_WIDTH)?;
+        let n_kv_head = opt("attention.head_count_kv", MAX_WIDTH)?.unwrap_or(n_head);
+        let rope_dim = opt("rope.dimension_count", MAX_WIDTH)?;
+        let head_dim = match (opt("attention.key_length", MAX_WIDTH)?, rope_dim) {
+            (Some(k), _) => k,
+            (None, Some(r)) => r,
+            (None, None) => hidden / n_head,
+        };
+        if n_head % n_kv_head != 0 {
             return Err(bad(
-                "llama.attention.head_count_kv",
+                "attention.head_count_kv",
                 format!("{n_kv_head} KV heads do not divide {n_head} heads"),
             ));
         }
-        if head_dim * n_head != hidden || head_dim % 2 != 0 {
+        if head_dim == 0 || head_dim % 2 != 0 {
             return Err(bad(
-                "llama.rope.dimension_count",
-                format!("head_dim {head_dim} x {n_head} heads != hidden {hidden} (or odd)"),
+                "attention.key_length",
+                format!("head_dim {head_dim} must be even and nonzero"),
             ));
         }
-        let vocab_size = match gguf.optional("llama.vocab_size", GgufFile::u64)? {
-            Some(v) => v as usize,
+        if arch != Architecture::Qwen3 && head_dim * n_head != hidden {
+            return Err(bad(
+                "rope.dimension_count",
+                format!("head_dim {head_dim} x {n_head} heads != hidden {hidden}"),
+            ));
+        }
+        if let Some(v) = opt("attention.value_length", MAX_WIDTH)?
+            && v != head_dim
+        {
+            return Err(bad(
+                "attention.value_length",
+                format!("{v} differs from the key length {head_dim} (not supported)"),
+            ));
+        }
+        if let Some(r) = rope_dim
+            && r != head_dim
+        {
+            return Err(bad(
+                "rope.dimension_count",
+                format!("partial rotary embeddings ({r} of {head_dim} dims) are not supported"),
+            ));
+        }
+        let vocab_size = match opt("vocab_size", 1 << 24)? {
+            Some(v) => v,
             None => gguf.strings("tokenizer.ggml.tokens")?.len(),
         };
+        let rope_scaling = gguf.optional(&key("rope.scaling.type"), GgufFile::string)?;
+        let has_freqs = gguf.has_tensor("rope_freqs.weight");
+        let rope_scaling = match rope_scaling.as_deref() {
+            None | Some("none") if has_freqs => RopeScaling::FreqFactors,
+            None | Some("none") => RopeScaling::None,
+            Some("llama3") if has_freqs => RopeScaling::FreqFactors,
+            Some("llama3") => {
+                return Err(Error::Tensor {
+                    path: gguf.path().to_path_buf(),
+                    tensor: "rope_freqs.weight".to_owned(),
+                    reason: format!(
+                        "missing: `{}` says llama3 RoPE scaling, whose frequency factors \
+                         llama.cpp's converter stores in this tensor",
+                        key("rope.scaling.type")
+                    ),
+                });
+            }
+            Some("linear") => {
+                let factor = gguf.f64(&key("rope.scaling.factor"))?;
+                if !(factor.is_finite() && factor >= 1.0) {
+                    return Err(bad(
+                        "rope.scaling.factor",
+                        format!("{factor} (a linear factor must be finite and >= 1)"),
+                    ));
+                }
+                if has_freqs {
+                    return Err(bad(
+                        "rope.scaling.type",
+                        "linear scaling together with rope_freqs.weight".to_owned(),
+                    ));
+                }
+                RopeScaling::Linear { factor }
+            }
+            Some(other) => {
+                return Err(bad(
+                    "rope.scaling.type",
+                    format!("`{other}` is not supported (none, linear, llama3 are)"),
+                ));
+            }
+        };
+        let rope_base = gguf
+            .optional(&key("rope.freq_base"), GgufFile::f64)?
+            .unwrap_or(10_000.0);
+        if !(rope_base.is_finite() && rope_base > 1.0) {
+            return Err(bad("rope.freq_base", format!("{rope_base} must be > 1")));
+        }
+        let rms_eps = gguf.f64(&key("attention.layer_norm_rms_epsilon"))?;
+        if !(rms_eps.is_finite() && rms_eps > 0.0) {
+            return Err(bad(
+                "attention.layer_norm_rms_epsilon",
+                format!("{rms_eps} must be a positive number"),
+            ));
+        }
         Ok(Self {
+            architecture: arch,
             vocab_size,
             hidden,
-            n_layer: u("block_count")?,
+            n_layer: u("block_count", MAX_LAYERS)?,
             n_head,
             n_kv_head,
             head_dim,
-            ffn: u("feed_forward_length")?,
-            rms_eps: gguf.f64("llama.attention.layer_norm_rms_epsilon")?,
-            rope_base: gguf
-                .optional("llama.rope.freq_base", GgufFile::f64)?
-                .unwrap_or(10_000.0),
-            context_length: u("context_length")?,
+            ffn: u("feed_forward_length", MAX_WIDTH * 8)?,
+            rms_eps,
+            rope_base,
+            rope_scaling,
+            context_length: u("context_length", MAX_CONTEXT)?,
             tied_embeddings: !gguf.has_tensor("output.weight"),
         })
     }
@@ -190,8 +370,12 @@ impl Target {
     }
 
     /// The head count llama.cpp's converter permutes this projection's rows with (Q: heads,
-    /// K: KV heads), or `None` for projections it leaves alone.
+    /// K: KV heads), or `None` for projections it leaves alone (all of them for the
+    /// architectures whose rotation is the half-split one: their rows keep the HF order).
     pub fn permuted_heads(self, c: &LlamaConfig) -> Option<usize> {
+        if !c.architecture.interleaved_rope() {
+            return None;
+        }
         match self {
             Target::Q => Some(c.n_head),
             Target::K => Some(c.n_kv_head),

@@ -38,7 +38,7 @@ mod test_support;
 mod tokenizer;
 
 pub use atomic::write_file;
-pub use config::{LlamaConfig, Normalization, Scoring, Target};
+pub use config::{Architecture, LlamaConfig, Normalization, RopeScaling, Scoring, Target};
 pub use data::{Format, Question, detect_format, parse_questions, read_questions};
 pub use device::parse_device;
 pub use ensemble::Ensemble;

@@ -1,19 +1,22 @@
-//! The LLaMA-family decoder (SmolLM2, LLaMA-2/3 style: GQA, SwiGLU, RMSNorm, RoPE) read
-//! from a GGUF file, with a batched forward pass over ragged prompts and a KV cache.
+//! The LLaMA-family decoder (LLaMA-2/3.x, Mistral, SmolLM2, Qwen2/2.5, Qwen3: GQA, SwiGLU,
+//! RMSNorm, RoPE) read from a GGUF file, with a batched forward pass over ragged prompts and
+//! a KV cache. What differs between the families is small and lives in [`Architecture`](crate::Architecture):
+//! Q/K/V biases (Qwen2), per-head Q/K RMSNorm (Qwen3), the rotation convention.
 //!
-//! RoPE convention: llama.cpp's converter permutes the rows of Q and K so that rotating
-//! *adjacent* pairs (candle's `rope_i`) on the GGUF weights equals transformers' half-split
-//! rotation on the original rows. We keep the GGUF order and use `rope_i`; LoRA `lora_B`
-//! rows of q/k must be permuted the same way before they are added.
+//! RoPE convention: for `llama` files, llama.cpp's converter permutes the rows of Q and K so
+//! that rotating *adjacent* pairs (candle's `rope_i`) on the GGUF weights equals transformers'
+//! half-split rotation on the original rows. We keep the GGUF order and use `rope_i`; LoRA
+//! `lora_B` rows of q/k are permuted the same way before they are added. Qwen files keep the
+//! HF row order and rotate the halves of each head (candle's `rope`).
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
-use candle_nn::rotary_emb::rope_i;
+use candle_nn::rotary_emb::{rope as rope_halves, rope_i};
 use rayon::prelude::*;
 
-use crate::config::{LlamaConfig, Target};
+use crate::config::{LlamaConfig, RopeScaling, Target};
 use crate::gguf::GgufFile;
 use crate::linear::{QWeight, load_vector};
 use crate::lora::LoraAdapter;
@@ -26,6 +29,10 @@ struct Block {
     attn_q: QWeight,
     attn_k: QWeight,
     attn_v: QWeight,
+    /// Q, K, V biases (Qwen2): `(n_head * head_dim,)`, `(n_kv * head_dim,)` twice.
+    qkv_bias: Option<[Tensor; 3]>,
+    /// Per-head RMSNorm weights of queries and keys (Qwen3): `(head_dim,)` each.
+    qk_norm: Option<[Tensor; 2]>,
     attn_output: QWeight,
     ffn_norm: Tensor,
     ffn_gate: QWeight,
@@ -36,13 +43,30 @@ struct Block {
 impl Block {
     fn load(gguf: &mut GgufFile, i: usize, c: &LlamaConfig, dev: &Device) -> Result<Self> {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
-        let (h, kv) = (c.hidden, c.n_kv_head * c.head_dim);
+        let (h, q, kv) = (c.hidden, c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
+        let arch = c.architecture;
+        let qkv_bias = if arch.qkv_bias() {
+            let mut b = |s: &str, len| load_vector(gguf, &format!("blk.{i}.{s}.bias"), len, dev);
+            Some([b("attn_q", q)?, b("attn_k", kv)?, b("attn_v", kv)?])
+        } else {
+            None
+        };
+        let qk_norm = if arch.qk_norm() {
+            Some([
+                load_vector(gguf, &n("attn_q_norm"), c.head_dim, dev)?,
+                load_vector(gguf, &n("attn_k_norm"), c.head_dim, dev)?,
+            ])
+        } else {
+            None
+        };
         Ok(Self {
             attn_norm: load_vector(gguf, &n("attn_norm"), h, dev)?,
-            attn_q: QWeight::load(gguf, &n("attn_q"), (h, h), dev)?,
+            attn_q: QWeight::load(gguf, &n("attn_q"), (q, h), dev)?,
             attn_k: QWeight::load(gguf, &n("attn_k"), (kv, h), dev)?,
             attn_v: QWeight::load(gguf, &n("attn_v"), (kv, h), dev)?,
-            attn_output: QWeight::load(gguf, &n("attn_output"), (h, h), dev)?,
+            qkv_bias,
+            qk_norm,
+            attn_output: QWeight::load(gguf, &n("attn_output"), (h, q), dev)?,
             ffn_norm: load_vector(gguf, &n("ffn_norm"), h, dev)?,
             ffn_gate: QWeight::load(gguf, &n("ffn_gate"), (c.ffn, h), dev)?,
             ffn_up: QWeight::load(gguf, &n("ffn_up"), (c.ffn, h), dev)?,
@@ -74,9 +98,9 @@ struct Batch {
     lens: Vec<usize>,
     /// Row of each sequence's first token in the packed `(T, hidden)` activations.
     offsets: Vec<usize>,
-    /// Positions already cached for each sequence (its first new position).
-    starts: Vec<usize>,
     masks: Vec<Option<Tensor>>,
+    /// RoPE `(cos, sin)` of each sequence's new positions: `(len, head_dim / 2)` each.
+    rope: Vec<(Tensor, Tensor)>,
     /// `T`: tokens in one copy.
     total: usize,
 }
@@ -90,7 +114,7 @@ pub enum Logits<'a> {
     Full,
 }
 
-/// A LLaMA model loaded from GGUF, weights kept quantized.
+/// A LLaMA-family model loaded from GGUF, weights kept quantized.
 pub struct Llama {
     config: LlamaConfig,
     device: Device,
@@ -99,9 +123,9 @@ pub struct Llama {
     output: Option<QWeight>,
     output_norm: Tensor,
     blocks: Vec<Block>,
-    /// `(context_length, head_dim / 2)` rotation tables.
-    cos: Tensor,
-    sin: Tensor,
+    /// RoPE frequencies `(1, head_dim / 2)`, rescaling included; the angle tables are built
+    /// per call for the positions it needs (no table sized by the context length).
+    inv_freq: Tensor,
 }
 
 impl std::fmt::Debug for Llama {
@@ -124,9 +148,23 @@ impl Llama {
         Self::load(&mut gguf, device)
     }
 
-    /// Load every tensor of an open llama GGUF onto `device`.
+    /// Load every tensor of an open LLaMA-family GGUF onto `device`.
     pub(crate) fn load(gguf: &mut GgufFile, device: &Device) -> Result<Self> {
         let c = LlamaConfig::from_gguf(gguf)?;
+        let tokens = gguf
+            .optional("tokenizer.ggml.tokens", GgufFile::strings)?
+            .map_or(0, |t| t.len());
+        if tokens > c.vocab_size {
+            return Err(Error::Metadata {
+                path: gguf.path().to_path_buf(),
+                key: "tokenizer.ggml.tokens".to_owned(),
+                reason: format!(
+                    "{tokens} tokens but the embedding has {} rows: ids past the rows \
+                     would have no embedding",
+                    c.vocab_size
+                ),
+            });
+        }
         let token_embd =
             QWeight::load(gguf, "token_embd.weight", (c.vocab_size, c.hidden), device)?;
         let output = if c.tied_embeddings {
@@ -143,18 +181,9 @@ impl Llama {
         let blocks = (0..c.n_layer)
             .map(|i| Block::load(gguf, i, &c, device))
             .collect::<Result<Vec<_>>>()?;
-        // Same formula as transformers: inv_freq = 1 / base^(2i/d), angles in f32.
-        let half = c.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (c.rope_base as f32).powf((2 * i) as f32 / c.head_dim as f32))
-            .collect();
-        let positions = Tensor::arange(0u32, c.context_length as u32, device)?
-            .to_dtype(candle_core::DType::F32)?;
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let angles = positions.unsqueeze(1)?.broadcast_mul(&inv_freq)?; // (ctx, half)
+        let inv_freq = Tensor::from_vec(rope_frequencies(gguf, &c)?, (1, c.head_dim / 2), device)?;
         Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            inv_freq,
             config: c,
             device: device.clone(),
             token_embd,
@@ -387,6 +416,11 @@ impl Llama {
             at += s.len();
         }
         let starts: Vec<usize> = caches[..n].iter().map(KvCache::len).collect();
+        let rope = seqs
+            .iter()
+            .zip(&starts)
+            .map(|(s, &start)| self.rope_tables(start, s.len()))
+            .collect::<Result<Vec<_>>>()?;
         let masks = seqs
             .iter()
             .zip(&starts)
@@ -395,8 +429,8 @@ impl Llama {
         let batch = Batch {
             lens: seqs.iter().map(|s| s.len()).collect(),
             offsets,
-            starts,
             masks,
+            rope,
             total,
         };
         let trunk = lora.map_or(c.n_layer, MultiLora::first_layer);
@@ -455,9 +489,16 @@ impl Llama {
             }
         };
         let h = rms_norm(x, &block.attn_norm, eps)?;
-        let q = linear(&block.attn_q, Target::Q, &h)?; // (C * T, n_head * head_dim)
-        let k = linear(&block.attn_k, Target::K, &h)?; // (C * T, n_kv_head * head_dim)
-        let v = linear(&block.attn_v, Target::V, &h)?;
+        let mut q = linear(&block.attn_q, Target::Q, &h)?; // (C * T, n_head * head_dim)
+        let mut k = linear(&block.attn_k, Target::K, &h)?; // (C * T, n_kv_head * head_dim)
+        let mut v = linear(&block.attn_v, Target::V, &h)?;
+        if let Some([bq, bk, bv]) = &block.qkv_bias {
+            // The bias belongs to the base projection: PEFT adds the LoRA update to
+            // `base(x) = x W^T + b`, so the order does not matter.
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
         // Each (copy, sequence) attends on its own: one task each, spread over the cores.
         let n = batch.lens.len();
         let outs = caches
@@ -470,7 +511,8 @@ impl Llama {
                     &q.narrow(0, offset, len)?,
                     &k.narrow(0, offset, len)?,
                     &v.narrow(0, offset, len)?,
-                    batch.starts[i],
+                    &batch.rope[i],
+                    block.qk_norm.as_ref(),
                     batch.masks[i].as_ref(),
                     cache,
                     li,
@@ -486,15 +528,17 @@ impl Llama {
         Ok((&x + linear(&block.ffn_down, Target::Down, &(gate * up)?)?)?)
     }
 
-    /// Causal attention of one sequence's `len` new positions (starting at `start`) over the
-    /// cached ones plus themselves; updates the cache. Inputs are `(len, heads * head_dim)`.
+    /// Causal attention of one sequence's `len` new positions over the cached ones plus
+    /// themselves; updates the cache. Inputs are `(len, heads * head_dim)`; `rope` holds the
+    /// new positions' `(cos, sin)`.
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        start: usize,
+        rope: &(Tensor, Tensor),
+        qk_norm: Option<&[Tensor; 2]>,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
         layer: usize,
@@ -502,13 +546,25 @@ impl Llama {
         let c = &self.config;
         let (len, hd) = (q.dims()[0], c.head_dim);
         let groups = c.n_head / c.n_kv_head;
-        let cos = self.cos.narrow(0, start, len)?;
-        let sin = self.sin.narrow(0, start, len)?;
+        let (cos, sin) = rope;
+        let eps = c.rms_eps as f32;
         let heads = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
             t.reshape((1, len, n, hd))?.transpose(1, 2)?.contiguous() // (1, n, len, hd)
         };
-        let q = rope_i(&heads(q, c.n_head)?, &cos, &sin)?;
-        let k = rope_i(&heads(k, c.n_kv_head)?, &cos, &sin)?.squeeze(0)?; // (n_kv, len, hd)
+        // Qwen3 normalizes each head's query and key (over head_dim) before rotating them.
+        let (mut q, mut k) = (heads(q, c.n_head)?, heads(k, c.n_kv_head)?);
+        if let Some([qn, kn]) = qk_norm {
+            q = rms_norm(&q, qn, eps)?;
+            k = rms_norm(&k, kn, eps)?;
+        }
+        let rotate: fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> =
+            if c.architecture.interleaved_rope() {
+                rope_i
+            } else {
+                rope_halves
+            };
+        let q = rotate(&q, cos, sin)?;
+        let k = rotate(&k, cos, sin)?.squeeze(0)?; // (n_kv, len, hd)
         let v = heads(v, c.n_kv_head)?.squeeze(0)?;
         let (k, v) = if layer < cache.layers.len() {
             let (pk, pv) = &cache.layers[layer];
@@ -534,6 +590,15 @@ impl Llama {
         Ok(out.reshape((len, c.n_head * hd))?)
     }
 
+    /// RoPE `(cos, sin)` for positions `start..start + len`: `(len, head_dim / 2)` each, the
+    /// angles `position * inv_freq` in f32 as transformers computes them.
+    fn rope_tables(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let positions: Vec<f32> = (start..start + len).map(|p| p as f32).collect();
+        let positions = Tensor::from_vec(positions, (len, 1), &self.device)?;
+        let angles = positions.broadcast_mul(&self.inv_freq)?; // (len, half)
+        Ok((angles.cos()?, angles.sin()?))
+    }
+
     /// `(groups * len, start + len)` additive mask: row `r` is query `start + r % len`,
     /// which may see keys `0..=start + r % len`. `None` for a single new position.
     fn causal_mask(&self, len: usize, start: usize) -> Result<Option<Tensor>> {
@@ -555,4 +620,37 @@ impl Llama {
             &self.device,
         )?))
     }
+}
+
+/// RoPE frequencies `theta_i = base^(-2i / head_dim)` for `i < head_dim / 2` (transformers'
+/// formula, in f32), rescaled as the config says: divided by `rope_freqs.weight` (llama3
+/// scaling, as llama.cpp applies it) or by the linear factor.
+fn rope_frequencies(gguf: &mut GgufFile, c: &LlamaConfig) -> Result<Vec<f32>> {
+    let half = c.head_dim / 2;
+    let mut inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (c.rope_base as f32).powf((2 * i) as f32 / c.head_dim as f32))
+        .collect();
+    match &c.rope_scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            for f in &mut inv_freq {
+                *f /= *factor as f32;
+            }
+        }
+        RopeScaling::FreqFactors => {
+            let factors =
+                load_vector(gguf, "rope_freqs.weight", half, &Device::Cpu)?.to_vec1::<f32>()?;
+            if let Some(bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+                return Err(Error::Tensor {
+                    path: gguf.path().to_path_buf(),
+                    tensor: "rope_freqs.weight".to_owned(),
+                    reason: format!("frequency factor {bad} (must be finite and positive)"),
+                });
+            }
+            for (f, d) in inv_freq.iter_mut().zip(&factors) {
+                *f /= d;
+            }
+        }
+    }
+    Ok(inv_freq)
 }

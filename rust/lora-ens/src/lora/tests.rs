@@ -7,9 +7,11 @@ use safetensors::{Dtype, tensor::TensorView};
 use serde_json::json;
 
 use super::*;
+use crate::config::{Architecture, RopeScaling};
 
 fn base() -> LlamaConfig {
     LlamaConfig {
+        architecture: Architecture::Llama,
         vocab_size: 32,
         hidden: 8,
         n_layer: 2,
@@ -19,6 +21,7 @@ fn base() -> LlamaConfig {
         ffn: 12,
         rms_eps: 1e-5,
         rope_base: 10_000.0,
+        rope_scaling: RopeScaling::None,
         context_length: 64,
         tied_embeddings: true,
     }
