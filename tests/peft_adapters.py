@@ -118,10 +118,13 @@ def member_configs(n_layer: int) -> list[LoraConfig]:
     ]
 
 
-def write_members(reference, out: Path, scale: float, seed: int = 0):
-    """Add the three members to `reference` as PEFT adapters m0..m2 with random A and B, save
-    them under `out/m0..m2`, and return the PEFT model."""
-    configs = member_configs(reference.config.num_hidden_layers)
+def write_members(
+    reference, out: Path, scale: float, seed: int = 0, configs: list[LoraConfig] | None = None
+):
+    """Add the members (`configs`, default `member_configs`) to `reference` as PEFT adapters
+    m0, m1, .. with random A and B, save them under `out/m0..`, and return the PEFT model."""
+    if configs is None:
+        configs = member_configs(reference.config.num_hidden_layers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT warns about layers_to_transform on some versions
         peft_model = get_peft_model(reference, configs[0], adapter_name="m0")
@@ -134,6 +137,8 @@ def write_members(reference, out: Path, scale: float, seed: int = 0):
                 p.copy_(scale * torch.randn(p.shape, generator=generator))
     # No embedding LoRA here: skip PEFT's check for a changed vocabulary (it asks the hub).
     peft_model.save_pretrained(
-        out, selected_adapters=["m0", "m1", "m2"], save_embedding_layers=False
+        out,
+        selected_adapters=[f"m{i}" for i in range(len(configs))],
+        save_embedding_layers=False,
     )
     return peft_model.eval()
