@@ -18,6 +18,7 @@ mod prompt;
 mod reduce;
 mod score;
 mod tokenizer;
+mod weights;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -35,5 +36,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     score::register(m)?;
     generate::register(m)?;
     metrics::register(m)?;
+    weights::register(m)?;
     Ok(())
 }

@@ -5,10 +5,13 @@
 //! that feeds an f32 GEMM. The loops below are plain Rust over whole blocks, written so the
 //! compiler vectorises them; the arithmetic (`q * d + m` in f32, no FMA) is the one ggml and
 //! gguf-py use, so the dequantized weights are bit-identical to what transformers loads.
+//! The K-quants (256-element super-blocks) live in [`kquants`].
 
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+mod kquants;
 
 /// Whether [`dequantize_rows`] handles this type itself (others go through candle).
 pub fn supports(dtype: GgmlDType) -> bool {
@@ -22,10 +25,15 @@ pub fn supports(dtype: GgmlDType) -> bool {
             | GgmlDType::Q5_0
             | GgmlDType::Q5_1
             | GgmlDType::Q8_0
+            | GgmlDType::Q2K
+            | GgmlDType::Q3K
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
     )
 }
 
-/// Bytes one row of `cols` elements occupies.
+/// Bytes one row of `cols` elements occupies (`cols` a multiple of the block size).
 pub fn row_bytes(dtype: GgmlDType, cols: usize) -> usize {
     cols / dtype.block_size() * dtype.type_size()
 }
@@ -139,6 +147,11 @@ fn dequantize_block_run_generic(dtype: GgmlDType, data: &[u8], out: &mut [f32]) 
                 }
             }
         }
+        GgmlDType::Q2K => kquants::q2k(data, out),
+        GgmlDType::Q3K => kquants::q3k(data, out),
+        GgmlDType::Q4K => kquants::q4k(data, out),
+        GgmlDType::Q5K => kquants::q5k(data, out),
+        GgmlDType::Q6K => kquants::q6k(data, out),
         // Callers check `supports` first; other types never reach here.
         _ => out.fill(f32::NAN),
     }
@@ -183,6 +196,182 @@ mod tests {
             let mut generic = vec![0f32; rows * cols];
             dequantize_block_run_generic(dtype, &data, &mut generic);
             assert_eq!(generic, want, "{dtype:?} (generic code path)");
+        }
+        Ok(())
+    }
+
+    const K_QUANTS: [GgmlDType; 5] = [
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+
+    /// Deterministic pseudo-random bytes (xorshift64*).
+    fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+            })
+            .collect()
+    }
+
+    fn smooth_matrix(rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3 + (i % 13) as f32 * 0.01)
+            .collect()
+    }
+
+    /// The K-quants also match candle's dequantization (quantized by candle's quantizer);
+    /// gguf-py is the reference the Python tests check bit for bit.
+    #[test]
+    fn k_quants_match_candle_dequantize() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (rows, cols) = (5, 512);
+        let t = Tensor::from_vec(smooth_matrix(rows, cols), (rows, cols), &dev)?;
+        for dtype in K_QUANTS {
+            assert!(supports(dtype));
+            assert_eq!(dtype.block_size(), kquants::QK_K);
+            let q = QTensor::quantize(&t, dtype)?;
+            let want = q.dequantize(&dev)?.flatten_all()?.to_vec1::<f32>()?;
+            let data = q.data()?;
+            assert_eq!(data.len(), rows * row_bytes(dtype, cols), "{dtype:?}");
+            let mut got = vec![0f32; rows * cols];
+            dequantize_rows(dtype, &data, cols, &mut got);
+            assert_same_bits(&got, &want, &format!("{dtype:?}"));
+        }
+        Ok(())
+    }
+
+    /// The super-block sizes are ggml's.
+    #[test]
+    fn k_quant_block_bytes() {
+        for (dtype, bytes) in [
+            (GgmlDType::Q2K, kquants::Q2K_BYTES),
+            (GgmlDType::Q3K, kquants::Q3K_BYTES),
+            (GgmlDType::Q4K, kquants::Q4K_BYTES),
+            (GgmlDType::Q5K, kquants::Q5K_BYTES),
+            (GgmlDType::Q6K, kquants::Q6K_BYTES),
+        ] {
+            assert_eq!(dtype.type_size(), bytes, "{dtype:?}");
+            assert_eq!(dtype.block_size(), 256, "{dtype:?}");
+        }
+        assert_eq!(
+            [84, 110, 144, 176, 210],
+            [
+                kquants::Q2K_BYTES,
+                kquants::Q3K_BYTES,
+                kquants::Q4K_BYTES,
+                kquants::Q5K_BYTES,
+                kquants::Q6K_BYTES
+            ]
+        );
+    }
+
+    /// Same bits everywhere, except that any NaN equals any NaN: which operand's payload an
+    /// x86 instruction propagates depends on the operand order the compiler picks, which
+    /// differs between scalar and vector code (numpy makes no promise either).
+    fn assert_same_bits(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let bits = |x: f32| {
+            if x.is_nan() {
+                f32::NAN.to_bits()
+            } else {
+                x.to_bits()
+            }
+        };
+        if let Some(i) = (0..got.len()).find(|&i| bits(got[i]) != bits(want[i])) {
+            panic!(
+                "{what}: element {i} is {} ({:#010x}), expected {} ({:#010x})",
+                got[i],
+                got[i].to_bits(),
+                want[i],
+                want[i].to_bits()
+            );
+        }
+    }
+
+    /// The run-time dispatched code (AVX2 where the CPU has it) and the baseline code give
+    /// the same bits on random blocks of every supported type, NaN, infinite and subnormal
+    /// scales included.
+    #[test]
+    fn dispatched_and_generic_code_agree_bit_for_bit() {
+        for (i, dtype) in [
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ]
+        .into_iter()
+        .chain(K_QUANTS)
+        .enumerate()
+        {
+            let (rows, cols) = (9, 768);
+            let data = random_bytes(rows * row_bytes(dtype, cols), 0x9e37_79b9 + i as u64);
+            let mut dispatched = vec![0f32; rows * cols];
+            dequantize_rows(dtype, &data, cols, &mut dispatched);
+            let mut generic = vec![0f32; rows * cols];
+            dequantize_block_run_generic(dtype, &data, &mut generic);
+            assert_same_bits(&dispatched, &generic, &format!("{dtype:?}"));
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                let mut avx2 = vec![0f32; rows * cols];
+                // SAFETY: the CPU supports AVX2, checked just above.
+                unsafe { dequantize_block_run_avx2(dtype, &data, &mut avx2) };
+                assert_same_bits(&avx2, &generic, &format!("{dtype:?} (AVX2)"));
+            }
+        }
+    }
+
+    /// A K-quant matrix loaded as a `QWeight` on the CPU takes the host path and computes
+    /// `x W^T` and row gathers from the same weights candle dequantizes.
+    #[test]
+    fn qweight_runs_k_quants_on_the_host_path() -> crate::Result<()> {
+        use crate::gguf::GgufFile;
+        use crate::linear::QWeight;
+        let dev = Device::Cpu;
+        let (rows, cols) = (6, 256);
+        let t = Tensor::from_vec(smooth_matrix(rows, cols), (rows, cols), &dev)?;
+        let quantized: Vec<(String, QTensor)> = K_QUANTS
+            .iter()
+            .map(|&d| Ok((format!("w.{d:?}"), QTensor::quantize(&t, d)?)))
+            .collect::<candle_core::Result<_>>()?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("k.gguf");
+        let mut file = std::fs::File::create(&path).expect("create");
+        let tensors: Vec<(&str, &QTensor)> =
+            quantized.iter().map(|(n, q)| (n.as_str(), q)).collect();
+        candle_core::quantized::gguf_file::write(&mut file, &[], &tensors)?;
+        drop(file);
+        let mut gguf = GgufFile::open(&path)?;
+        let x = Tensor::from_vec(smooth_matrix(3, cols), (3, cols), &dev)?;
+        for (name, q) in &quantized {
+            let w = QWeight::load(&mut gguf, name, (rows, cols), &dev)?;
+            assert_eq!(
+                w.storage_bytes(),
+                rows * row_bytes(q.dtype(), cols),
+                "{name}"
+            );
+            let dense = q.dequantize(&dev)?;
+            let want = x.matmul(&dense.t()?)?;
+            let got = w.matmul_t(&x)?;
+            assert_eq!(got.to_vec2::<f32>()?, want.to_vec2::<f32>()?, "{name}");
+            let ids = [4u32, 0, 4];
+            let idx = Tensor::from_vec(ids.to_vec(), 3, &dev)?;
+            assert_eq!(
+                w.rows(&ids, &dev)?.to_vec2::<f32>()?,
+                dense.index_select(&idx, 0)?.to_vec2::<f32>()?,
+                "{name}"
+            );
         }
         Ok(())
     }

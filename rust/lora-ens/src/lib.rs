@@ -8,7 +8,7 @@
 //! prompts, `score_choices` answer texts, `score_questions` dataset [`Question`]s or
 //! `generate` text. Everything a caller names is re-exported at the crate root; the
 //! modules that front ends also reach by path (`data`, `metrics`, `prompt`, `questions`,
-//! `score`, ...) are public with the same items. The model's internals (GGUF reading,
+//! `score`, `weights`, ...) are public with the same items. The model's internals (GGUF reading,
 //! quantized kernels, the multi-adapter layer, the tokenizer's parts) are private.
 
 #![deny(missing_docs)]
@@ -36,6 +36,7 @@ pub mod score;
 #[cfg(test)]
 mod test_support;
 mod tokenizer;
+pub mod weights;
 
 pub use atomic::write_file;
 pub use config::{Architecture, LlamaConfig, Normalization, RopeScaling, Scoring, Target};
@@ -61,6 +62,7 @@ pub use questions::{QuestionScores, RECORD_SCHEMA_VERSION, Record, ScoringSpec, 
 pub use reduce::{Reduced, reduce};
 pub use score::{ScoreOptions, Scores};
 pub use tokenizer::Tokenizer;
+pub use weights::{dequantize, engine_dequantizes, read_tensor_f32};
 
 /// The version of this crate (and of the Python package built from it).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
