@@ -9,8 +9,8 @@ biases, untied), Qwen3 (Q/K norm, head_dim != hidden / n_head, tied).
 - Q8_0, Q4_K, Q6_K and a Q4_K_M-style mix: within 1e-3 of transformers on the same file's
   weights as transformers dequantizes them (gguf-py), with the original HF config.
 - Three random PEFT adapters per architecture (all seven projections; q/k/v/o with rsLoRA;
-  MLP and k at rank 2), made on the HF model: each member's probabilities within 1e-3 of
-  `peft.PeftModel` when the engine runs them on the converted GGUF.
+  MLP and k at rank 2), made on the HF model: each member's full-vocabulary logits within
+  1e-3 of `peft.PeftModel` when the engine runs them on the converted GGUF.
 - Token ids: the engine's tokenizer read from the GGUF equals the HF tokenizer saved beside the
   checkpoint (SentencePiece itself for the LLaMA-2 one), BOS included as the metadata says.
 
@@ -156,13 +156,14 @@ def test_peft_members_match_on_the_converted_gguf(arch: Path, tmp_path: Path) ->
     peft_model = write_members(hf_model(arch), tmp_path, scale=0.1, configs=member_configs())
     engine = _core.Model(arch / "f32.gguf")
     adapters = [_core.LoraAdapter.load(tmp_path / f"m{m}", engine) for m in range(3)]
-    got = softmax(engine.member_logits(ids, adapters, batch_size=4))  # (N, M, vocab)
-    base = softmax(engine.logits(ids))
+    got = engine.member_logits(ids, adapters, batch_size=4)  # (N, M, vocab)
+    base = engine.logits(ids)
     for m in range(3):
         peft_model.set_adapter(f"m{m}")
-        want = softmax(reference_last_logits(peft_model, ids))
+        want = reference_last_logits(peft_model, ids)
         diff = np.abs(got[:, m] - want).max()
-        print(f"{arch.name} member {m}: probs max diff vs PEFT {diff:.2e}")
+        print(f"{arch.name} member {m}: logits max diff vs PEFT {diff:.2e}")
+        # Logits within 1e-3 bound the probabilities' error by about 2e-3 relative.
         assert diff < 1e-3, m
-        # The member really moves the distribution (the check above could not pass by luck).
-        assert np.abs(got[:, m] - base).max() > 1e-2, m
+        # The member really moves the logits (the check above could not pass by luck).
+        assert np.abs(got[:, m] - base).max() > 0.1, m
