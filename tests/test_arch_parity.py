@@ -167,3 +167,82 @@ def test_peft_members_match_on_the_converted_gguf(arch: Path, tmp_path: Path) ->
         assert diff < 1e-3, m
         # The member really moves the logits (the check above could not pass by luck).
         assert np.abs(got[:, m] - base).max() > 0.1, m
+
+
+# ---------------------------------------------------------------------------------------------
+# Files the engine must refuse, each with a typed error naming what is wrong
+
+
+def edit_gguf(src: Path, dst: Path, arch: str | None = None, drop=(), **values) -> Path:
+    """Copy `src` to `dst` with `general.architecture` = `arch`, the keys in `values` set
+    (`llama__rope__scaling__type` for `llama.rope.scaling.type`) and the tensors in `drop`
+    left out."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    old_arch = reader.get_field("general.architecture").contents()
+    values = {k.replace("__", "."): v for k, v in values.items()}
+    writer = gguf.GGUFWriter(dst, arch or old_arch)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        name = field.name
+        if arch and name.startswith(old_arch + "."):
+            name = arch + name[len(old_arch) :]
+        if name in values:
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), vtype, sub_type=sub)
+    for key, value in values.items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_uint64(key, value)
+    for t in reader.tensors:
+        if t.name not in drop:
+            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def llama3_f32() -> Path:
+    root = Path(os.environ.get("LORA_ENS_RS_ARCH_FIXTURES") or REPO / "tests/fixtures/arch")
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(root), "--arch", "llama3"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return root / "llama3" / "f32.gguf"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"arch": "gemma2"}, r"architecture `gemma2` \(this engine runs llama, qwen2, qwen3\)"),
+        (
+            {"llama__rope__scaling__type": "llama3", "drop": ["rope_freqs.weight"]},
+            r"rope_freqs\.weight.*missing: `llama\.rope\.scaling\.type` says llama3",
+        ),
+        ({"llama__rope__scaling__type": "yarn"}, r"llama\.rope\.scaling\.type.*`yarn`"),
+        ({"llama__attention__head_count_kv": 3}, r"3 KV heads do not divide 8 heads"),
+        ({"llama__context_length": 2**32 - 1}, r"llama\.context_length.*outside"),
+        ({"llama__embedding_length": 0}, r"llama\.embedding_length.*outside"),
+        ({"llama__vocab_size": 1000}, r"tokenizer\.ggml\.tokens.*2005 tokens"),
+        ({"llama__rope__dimension_count": 16}, r"partial rotary"),
+    ],
+)
+def test_malformed_or_unsupported_files_are_refused(
+    llama3_f32: Path, tmp_path: Path, edit: dict, message: str
+) -> None:
+    from lora_ens_rs import ModelLoadError
+
+    bad = edit_gguf(llama3_f32, tmp_path / "bad.gguf", **edit)
+    with pytest.raises(ModelLoadError, match=message):
+        _core.Model(bad)
