@@ -50,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         GgmlDType::Q5K,
         GgmlDType::Q6K,
         GgmlDType::F16,
+        GgmlDType::BF16,
     ];
     let mut out = vec![0f32; rows * cols];
     let mut results = Vec::new();

@@ -89,6 +89,19 @@ def test_engine_dequantizes_k_quants_as_gguf_py(tmp_path: Path, qtype: QT) -> No
     assert set(types.values()) == {qtype}
 
 
+@pytest.mark.parametrize(
+    "qtype",
+    [QT.F32, QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0],
+    ids=lambda q: q.name,
+)
+def test_engine_dequantizes_other_types_as_gguf_py(tmp_path: Path, qtype: QT) -> None:
+    # Encoded by gguf-py's own quantizers (through `kquants.quantize`).
+    tensors = {f"m{c}.weight": (kquants.quantize(matrices(c, c), qtype), qtype) for c in (32, 512)}
+    path = tmp_path / f"{qtype.name}.gguf"
+    write_gguf(path, tensors)
+    assert set(assert_engine_matches_gguf_py(path).values()) == {qtype}
+
+
 @pytest.mark.parametrize("qtype", K_TYPES, ids=lambda q: q.name)
 def test_quantizer_accuracy(qtype: QT) -> None:
     x = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)

@@ -8,6 +8,7 @@
 //! The K-quants (256-element super-blocks) live in [`kquants`].
 
 use candle_core::quantized::GgmlDType;
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -82,8 +83,15 @@ fn dequantize_block_run_generic(dtype: GgmlDType, data: &[u8], out: &mut [f32]) 
             }
         }
         GgmlDType::F16 => {
-            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            // half converts a slice with F16C eight at a time (checking the CPU once per
+            // call); converting one value at a time checks it per element, 6x slower.
+            let mut halves = [f16::ZERO; 256];
+            for (o, b) in out.chunks_mut(256).zip(data.chunks(512)) {
+                let h = &mut halves[..o.len()];
+                for (x, c) in h.iter_mut().zip(b.chunks_exact(2)) {
+                    *x = f16::from_le_bytes([c[0], c[1]]);
+                }
+                h.convert_to_f32_slice(o);
             }
         }
         GgmlDType::BF16 => {
