@@ -326,6 +326,11 @@ class Ensemble:
             :class:`Generation`: ``text`` and, per generated token, the mixture's ``probs``,
             ``entropy``, ``expected_entropy`` and ``mutual_information``.
 
+        Raises:
+            InputError: an argument of the wrong type or out of range (``max_new_tokens``
+                and ``seed`` are non-negative ints, ``top_p`` in [0, 1]), or a prompt that
+                leaves no room in the model's context.
+
         Example:
             >>> g = ens.generate("The capital of France is", max_new_tokens=8)
             >>> len(g.tokens) <= 8, len(g.entropy) == len(g.tokens)

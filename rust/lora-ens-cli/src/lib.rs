@@ -443,5 +443,12 @@ mod tests {
         assert_eq!(code(&["generate"]), 2);
         assert_eq!(code(&["infer", "--threads", "0"]), 2);
         assert_eq!(code(&["infer", "--normalization", "mean"]), 2);
+        assert_eq!(code(&["infer", "--batch-size", "-1"]), 2);
+        let e = Cli::try_parse_from(["lora-ens-rs", "infer", "--limit", "-3"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid value '-3' for '--limit <N>'"),
+            "{e}"
+        );
     }
 }

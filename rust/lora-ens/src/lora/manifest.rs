@@ -363,7 +363,9 @@ fn is_sha256(s: &str) -> bool {
 
 /// Whether `path` is an ensemble (a directory with `ensemble.json`, or that file itself).
 pub fn is_ensemble(path: &Path) -> bool {
-    path.join(MANIFEST_FILE).is_file()
+    // `exists`, not `is_file`: an `ensemble.json` that is not a regular file (a FIFO, a
+    // directory) is refused by the manifest reader, naming it.
+    path.join(MANIFEST_FILE).exists()
         || (path.is_file() && path.extension().is_some_and(|e| e == "json"))
 }
 
