@@ -5,7 +5,8 @@
 //! huge numbers into the JSON, or duplicates spans; every input must load or give a typed
 //! error, never panic. An input that panics is saved under `tests/regressions/` (and every
 //! file kept there is replayed first). Iterations: 300 per reader by default,
-//! `LORA_ENS_RS_FUZZ_ITERS=N` for longer runs; the seed is `LORA_ENS_RS_FUZZ_SEED` (default 1).
+//! `LORA_ENS_RS_FUZZ_ITERS=N` for longer runs (`LORA_ENS_RS_FUZZ_SECS=S` stops each reader after
+//! S seconds); the seed is `LORA_ENS_RS_FUZZ_SEED` (default 1).
 //! Test: `cargo test -p lora-ens --test fuzz`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -161,14 +162,21 @@ fn fuzz(kind: &str, seed_input: &[u8], check: impl Fn(&[u8])) {
     run_case(kind, seed_input, &check);
     let mut rng = Rng(seed());
     let n = iterations();
+    // `LORA_ENS_RS_FUZZ_SECS`: stop a long run after this many seconds per reader.
+    let budget = std::env::var("LORA_ENS_RS_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok());
     let start = std::time::Instant::now();
-    for _ in 0..n {
+    let mut done = 0;
+    while done < n && budget.is_none_or(|b| start.elapsed().as_secs_f64() < b) {
         let input = mutate(seed_input, &mut rng);
         run_case(kind, &input, &check);
+        done += 1;
     }
     eprintln!(
-        "fuzz {kind}: {n} inputs in {:.1} s, no panic",
-        start.elapsed().as_secs_f64()
+        "fuzz {kind}: {done} inputs in {:.1} s (seed {}), no panic",
+        start.elapsed().as_secs_f64(),
+        seed()
     );
 }
 
