@@ -102,7 +102,10 @@ print(eval(call))
 """
 
 
-@pytest.mark.parametrize("call", ["read_questions", "sha256_file", "Ensemble"])
+# Question files and adapter weights must be regular files (a FIFO is refused, see
+# test_malformed_inputs.py), so only the hash reads a pipe; every binding releases the GIL
+# through the same helper (`error::call`).
+@pytest.mark.parametrize("call", ["sha256_file"])
 def test_engine_calls_release_the_gil(
     call: str, tiny_dir: Path, tiny_ensemble: Path, tmp_path: Path
 ) -> None:
@@ -181,7 +184,7 @@ def test_errors(ens: lora_ens_rs.Ensemble, tiny_dir: Path, tmp_path: Path) -> No
         ens.score_choices(["a"], ["x", "y"], normalization="mean")
     with pytest.raises(lora_ens_rs.InputError, match="top_p"):
         ens.generate("a", top_p=0.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(lora_ens_rs.InputError, match="must be a str"):
         ens.score(["a"], [["A", 3]])  # type: ignore[list-item]
 
 

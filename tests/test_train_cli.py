@@ -65,7 +65,7 @@ def test_train_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--scoring" in done.stderr
     out = str(tmp_path / "x")
     done = run("train", str(ARC), "--out", out, "--lr", "0.1", "--weight-decay", "10")
-    assert done.returncode == 1 and "weight_decay" in done.stderr
+    assert done.returncode == 2 and "weight_decay" in done.stderr  # settings: usage
     done = run("train", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x"))
     assert done.returncode == 1 and "does not exist" in done.stderr
     assert "--early-stopping" in run("train", "--help").stdout

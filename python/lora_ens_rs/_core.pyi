@@ -16,6 +16,7 @@ DEFAULT_MODEL_FILE: str
 _ERROR_CLASSES: list[str]
 EXIT_ERROR: int
 EXIT_USAGE: int
+EXIT_INTERRUPTED: int
 
 def default_model_path(python: str | None = None, force: bool = False) -> str: ...
 def cache_dir() -> str: ...

@@ -8,23 +8,70 @@ renamed into place, so a reader sees the old version or the new one, never a hal
         (tmp / "ensemble.json").write_text("{}")
 
 A target that is a symbolic link is written through: the link is resolved and the file (or
-directory) it points to is replaced, the link itself stays. Temporary names start with
-``.tmp-`` and end with the target's name, so writers that pick a format from the suffix
-(matplotlib, NumPy) see the target's. On an exception the temporary copy is removed and the old
-target is left as it was.
+directory) it points to is replaced, the link itself stays. Temporary names are
+``.tmp-PID-RANDOM.NAME`` (``.old-PID-RANDOM.NAME`` for a replaced directory), ending with the
+target's name so writers that pick a format from the suffix (matplotlib, NumPy) see the
+target's. On an exception the temporary copy is removed and the old target is left as it was;
+a temporary left by a killed writer (whose process is gone) is removed by the next write to the
+same target.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_directory", "atomic_path", "write_file"]
+__all__ = ["atomic_directory", "atomic_path", "remove_stale", "write_file"]
+
+
+def _prefix(kind: str) -> str:
+    return f".{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal counts as existing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries of ``target`` (``.tmp-PID-*.NAME``, ``.old-PID-*.NAME``) whose
+    writer process is gone; returns what was removed.
+
+    Example:
+        >>> stale = tmp_path / ".tmp-999999999-x.run"
+        >>> stale.mkdir()
+        >>> [p.name for p in remove_stale(tmp_path / "run")]
+        ['.tmp-999999999-x.run']
+    """
+    real = _real(target)
+    pattern = re.compile(rf"^\.(?:tmp|old)-(\d+)-.*\.{re.escape(real.name)}$")
+    removed = []
+    try:
+        entries = list(real.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def _real(target: str | os.PathLike[str]) -> Path:
@@ -49,7 +96,8 @@ def atomic_path(target: str | os.PathLike[str], *, fsync: bool = True) -> Iterat
         'hello'
     """
     real = _real(target)
-    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=f".{real.name}", dir=real.parent)
+    remove_stale(real)
+    fd, name = tempfile.mkstemp(prefix=_prefix("tmp"), suffix=f".{real.name}", dir=real.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -109,7 +157,8 @@ def atomic_directory(target: str | os.PathLike[str], *, replace: bool = False) -
     """
     real = _real(target)
     real.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", suffix=f".{real.name}", dir=real.parent))
+    remove_stale(real)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix("tmp"), suffix=f".{real.name}", dir=real.parent))
     try:
         yield tmp
         if real.exists() and not real.is_dir():
@@ -131,7 +180,9 @@ def atomic_directory(target: str | os.PathLike[str], *, replace: bool = False) -
 def _swap(new: Path, target: Path) -> None:
     """Move ``target`` aside, rename ``new`` to it, then delete the old copy; if the second
     rename fails the old copy is put back."""
-    trash = Path(tempfile.mkdtemp(prefix=".old-", suffix=f".{target.name}", dir=target.parent))
+    trash = Path(
+        tempfile.mkdtemp(prefix=_prefix("old"), suffix=f".{target.name}", dir=target.parent)
+    )
     old = trash / target.name
     try:
         os.replace(target, old)

@@ -6,7 +6,7 @@ through ``_core.cli_main``; ``train``, ``eval`` and ``experiment`` need torch an
 Options several subcommands share (``--model``, ``--adapters``, ``--limit``, ...) are defined
 once, in ``rust/lora-ens-cli/src/options.rs``; :func:`add_shared_options` adds them to an
 argparse parser. Exit status everywhere: 0 success, 1 error (one line ``error: ...`` on
-stderr), 2 usage error.
+stderr), 2 usage error, 130 interrupted (Ctrl-C or SIGTERM; no output is written).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import re
+import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -24,6 +26,10 @@ from lora_ens_rs.errors import LoraEnsError
 EXIT_OK = 0
 EXIT_ERROR: int = _core.EXIT_ERROR
 EXIT_USAGE: int = _core.EXIT_USAGE
+#: Exit status after Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED: int = _core.EXIT_INTERRUPTED
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 #: The module whose ``main(argv) -> int`` runs each subcommand that runs in Python.
 PYTHON_MAIN = {
@@ -36,13 +42,32 @@ PYTHON_MAIN = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used as the process exit status)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    _stop_on_sigterm()
     if len(args) > 1 and args[0] == "help" and args[1] in PYTHON_MAIN:
         args = [args[1], "--help"]
     if args and args[0] in PYTHON_MAIN:
         module = importlib.import_module(PYTHON_MAIN[args[0]])
         code: int = module.main(args[1:])
         return code
-    return _core.cli_main(["lora-ens-rs", *args], python=sys.executable)
+    try:
+        return _core.cli_main(["lora-ens-rs", *args], python=sys.executable)
+    except KeyboardInterrupt:  # the Rust command stopped between batches; nothing written
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM stop a command as Ctrl-C does (cleanly, without writing outputs),
+    when it is not already handled and this is the main thread."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        pass
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def subcommand_about(name: str) -> str:
@@ -148,6 +173,9 @@ def run_subcommand(
         (argparse prints the usage); :data:`EXIT_ERROR` on a :class:`LoraEnsError`, printed
         as one line ``error: ...``.
     """
+    # A value such as `--lr -1e-3` is a (negative) number, not an unknown flag: argparse's own
+    # pattern misses exponents.
+    parser._negative_number_matcher = _NEGATIVE_NUMBER  # type: ignore[attr-defined]
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as e:  # argparse exits: 0 after --help, 2 on a usage error
@@ -157,6 +185,9 @@ def run_subcommand(
     except LoraEnsError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lora_ens_rs import _core
+from lora_ens_rs._args import MAX_SEED, float_arg, int_arg, text_arg, texts_arg, threads_arg
+from lora_ens_rs.errors import InputError
 from lora_ens_rs.results import Generation, Scores
 
 PathLike = str | os.PathLike[str]
@@ -55,12 +57,11 @@ def _per_question(
     options: Sequence[str] | Sequence[Sequence[str]], n: int, what: str
 ) -> list[list[str]]:
     """One shared list (``["A", "B"]``) or one list per question, as lists of str."""
+    if isinstance(options, str) or not isinstance(options, Sequence):
+        raise InputError(f"{what} must be a list of str, or one list of str per prompt")
     if len(options) > 0 and all(isinstance(o, str) for o in options):
         return [list(options)]  # type: ignore[arg-type]
-    lists = [list(o) for o in options]
-    if any(not isinstance(x, str) for o in lists for x in o):
-        raise TypeError(f"{what} must be a list of str, or one list of str per prompt")
-    return lists
+    return [texts_arg(f"{what}[{i}]", o) for i, o in enumerate(options)]
 
 
 class Ensemble:
@@ -79,6 +80,8 @@ class Ensemble:
         ModelLoadError: the model is not a LLaMA GGUF the engine runs.
         AdapterError: an adapter is malformed, uses an unsupported PEFT feature, does not
             fit the model, or its manifest names another base model (sha256).
+        InputError: ``threads`` is not an int >= 1 (more threads than cores are capped to
+            the cores, with a warning), or ``device`` is not a str.
 
     Example:
         >>> ens = Ensemble(tiny_gguf, adapters=tiny_ensemble)   # a GGUF and an ensemble dir
@@ -106,7 +109,10 @@ class Ensemble:
             paths = [os.fspath(adapters)]
         else:
             paths = [os.fspath(a) for a in adapters]
-        self._core = _core.Ensemble(os.fspath(model), paths, device=device, threads=threads)
+        device = text_arg("device", device)
+        self._core = _core.Ensemble(
+            os.fspath(model), paths, device=device, threads=threads_arg(threads)
+        )
 
     @property
     def manifest(self) -> _core.EnsembleManifest | None:
@@ -188,12 +194,12 @@ class Ensemble:
             >>> set(s.prediction_labels) <= {"A", "B", "C", "D", "E"}
             True
         """
-        prompts = list(prompts)
+        prompts = texts_arg("prompts", prompts)
         lists = _per_question(self.labels if labels is None else labels, len(prompts), "labels")
         return self._core.score(
             prompts,
             lists,
-            batch_size=batch_size,
+            batch_size=int_arg("batch_size", batch_size, minimum=1),
             progress=_progress_callback(progress, "scoring"),
         )
 
@@ -237,13 +243,13 @@ class Ensemble:
             >>> s.probs.shape
             (1, 2)
         """
-        contexts = list(contexts)
+        contexts = texts_arg("contexts", contexts)
         lists = _per_question(choices, len(contexts), "choices")
         return self._core.score_choices(
             contexts,
             lists,
-            normalization=normalization,
-            batch_size=batch_size,
+            normalization=text_arg("normalization", normalization),
+            batch_size=int_arg("batch_size", batch_size, minimum=1),
             progress=_progress_callback(progress, "scoring"),
         )
 
@@ -279,11 +285,13 @@ class Ensemble:
         An explicit ``scoring`` / ``normalization`` that differs from the manifest's wins
         (``Scores.scoring`` tells which was used).
         """
+        if isinstance(questions, str) or not isinstance(questions, Sequence):
+            raise InputError(f"questions must be a list of dicts, got {type(questions).__name__}")
         return self._core.score_questions(
             list(questions),
-            scoring,
-            normalization,
-            batch_size=batch_size,
+            None if scoring is None else text_arg("scoring", scoring),
+            None if normalization is None else text_arg("normalization", normalization),
+            batch_size=int_arg("batch_size", batch_size, minimum=1),
             progress=_progress_callback(progress, "scoring"),
         )
 
@@ -318,6 +326,11 @@ class Ensemble:
             :class:`Generation`: ``text`` and, per generated token, the mixture's ``probs``,
             ``entropy``, ``expected_entropy`` and ``mutual_information``.
 
+        Raises:
+            InputError: an argument of the wrong type or out of range (``max_new_tokens``
+                and ``seed`` are non-negative ints, ``top_p`` in [0, 1]), or a prompt that
+                leaves no room in the model's context.
+
         Example:
             >>> g = ens.generate("The capital of France is", max_new_tokens=8)
             >>> len(g.tokens) <= 8, len(g.entropy) == len(g.tokens)
@@ -326,13 +339,13 @@ class Ensemble:
             True
         """
         return self._core.generate(
-            prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            stop=list(stop) if stop is not None else None,
-            chat=chat,
+            text_arg("prompt", prompt),
+            max_new_tokens=int_arg("max_new_tokens", max_new_tokens, minimum=0),
+            temperature=float_arg("temperature", temperature, minimum=0.0),
+            top_p=float_arg("top_p", top_p, minimum=0.0, maximum=1.0),
+            seed=int_arg("seed", seed, maximum=MAX_SEED),
+            stop=texts_arg("stop", stop) if stop is not None else None,
+            chat=bool(chat),
         )
 
     def __repr__(self) -> str:

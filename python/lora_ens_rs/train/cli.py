@@ -8,7 +8,9 @@ are :class:`TrainConfig`'s fields (help, flag and type in each field's metadata)
 other subcommands share (``--model``, ``--limit``, ``--scoring``, ...) come from the Rust
 command line's definitions. Progress (a bar per epoch with the running loss, one validation
 line per member per epoch) goes to stderr; the ensemble directory is printed on stdout at the
-end. Exit status 0 on success, 1 on an error (printed as ``error: ...``), 2 on a usage error.
+end. Exit status 0 on success, 1 on an error (printed as ``error: ...``), 2 on a usage error
+(including a flag value out of range, such as ``--lr -1e-3`` or ``--seed 2**70``), 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import dataclasses
 import json
 import sys
 
-from lora_ens_rs.cli import EXIT_OK, add_shared_options, run_subcommand, subcommand_about
+from lora_ens_rs.cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_shared_options,
+    one_line,
+    run_subcommand,
+    subcommand_about,
+)
+from lora_ens_rs.errors import InputError
 from lora_ens_rs.train.config import TrainConfig
 
 
@@ -66,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = config_from_args(args).validate()  # settings errors before importing torch
+    try:  # settings errors before importing torch: a flag's value is out of range (usage)
+        config = config_from_args(args).validate()
+    except InputError as e:
+        print(f"lora-ens-rs train: error: {one_line(str(e))}", file=sys.stderr)
+        return EXIT_USAGE
     from lora_ens_rs.train.loop import train_ensemble
 
     result = train_ensemble(config)

@@ -303,6 +303,9 @@ class TrainConfig:
             raise bad(
                 "early_stopping", f"must be a patience >= 1 or None, got {self.early_stopping!r}"
             )
+        for name, value in [("seed", self.seed), *(("seeds", s) for s in self.seeds or [])]:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+                raise bad(name, f"must be an integer in 0..{MAX_SEED}, got {value!r}")
         if self.seeds is not None and len(self.seeds) != self.members:
             raise bad("seeds", f"has {len(self.seeds)} seeds for {self.members} members")
         if len(set(self.member_seeds())) != len(self.member_seeds()):
@@ -381,6 +384,12 @@ def field_help(name: str) -> str:
     raise KeyError(name)
 
 
+#: More layers than any model has: a layer index at or past it is refused without a model.
+MAX_LAYERS = 100_000
+
+#: Seeds are unsigned 32-bit integers (torch and NumPy generators take them).
+MAX_SEED = 2**32 - 1
+
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 _TOP = re.compile(r"^top(\d+)$")
 
@@ -424,6 +433,13 @@ def parse_layers(spec: str | list[int] | tuple[int, ...], n_layer: int | None) -
             lo, hi = int(m.group(1)), int(m.group(2))
             if lo > hi:
                 raise InputError(f"{where}: the range is empty ({lo} > {hi})")
+            limit = n_layer if n_layer is not None else MAX_LAYERS
+            if hi >= limit:  # checked before the list is built
+                raise InputError(
+                    f"{where}: layer {hi} does not exist (the model has {n_layer})"
+                    if n_layer is not None
+                    else f"{where}: layer {hi} is beyond any model (at most {MAX_LAYERS} layers)"
+                )
             layers = list(range(lo, hi + 1))
         elif re.fullmatch(r"\d+(,\d+)*", text.replace(" ", "")):
             layers = sorted({int(x) for x in text.replace(" ", "").split(",")})

@@ -4,7 +4,7 @@
 //! ([`crate::output`]). With answers in the input, a summary of the metrics goes to stderr.
 //! Test: `cargo test -p lora-ens-cli --test infer` and `pytest tests/test_cli_infer.py`.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
@@ -166,10 +166,17 @@ pub fn read_input(
         )),
         None => {
             let source = PathBuf::from(STDIN_NAME);
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::io(&source, e))?;
+            let refuse = |reason: String| Error::Data {
+                path: source.clone(),
+                line: 0,
+                reason,
+            };
+            let bytes = lora_ens::io::read_stream(
+                std::io::stdin().lock(),
+                &source,
+                lora_ens::io::MAX_QUESTION_FILE_BYTES,
+                &refuse,
+            )?;
             let text = String::from_utf8(bytes).map_err(|e| Error::Data {
                 path: source.clone(),
                 line: 0,

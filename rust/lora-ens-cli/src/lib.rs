@@ -4,7 +4,9 @@
 //! `fetch-model`, `infer` ([`infer`]) and `generate` ([`generate`]) run here; `train`, `eval`
 //! and `experiment` need torch and run in the Python package, whose console script dispatches
 //! them before calling [`run`]. Options shared between subcommands are defined once, in
-//! [`options`]. Exit status: 0 success, 1 error (`error: <message>` on stderr), 2 usage error.
+//! [`options`]. Exit status: 0 success, 1 error (`error: <message>` on stderr), 2 usage error
+//! (the command line does not parse, or names a Python subcommand without the package), 130
+//! interrupted (Ctrl-C / SIGTERM; checked between batches, nothing is written).
 //! Test: `cargo test -p lora-ens-cli` and `pytest tests/test_cli.py tests/test_cli_infer.py`.
 
 pub mod default_model;
@@ -30,6 +32,9 @@ pub const PYTHON_SUBCOMMANDS: &[&str] = &["train", "eval", "experiment"];
 pub const EXIT_OK: i32 = 0;
 /// Exit status of a run that failed (bad input, a missing file, a model that does not load).
 pub const EXIT_ERROR: i32 = 1;
+/// Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it);
+/// it stops between batches and writes no output.
+pub const EXIT_INTERRUPTED: i32 = 130;
 /// Exit status of a command line that does not parse (unknown flag, bad value, missing
 /// argument), and of a Python subcommand run without the Python package.
 pub const EXIT_USAGE: i32 = 2;
@@ -43,7 +48,7 @@ pub const EXIT_USAGE: i32 = 2;
                   `lora-ens-rs` (pip install 'lora-ens-rs[train]'), where \
                   `lora-ens-rs train --help` lists their options.\n\
                   Exit status: 0 on success, 1 on an error (one line `error: ...` on stderr), \
-                  2 on a usage error."
+                  2 on a usage error, 130 when interrupted."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -151,7 +156,15 @@ impl ModelArgs {
         };
         let ens = Ensemble::load(model, &self.adapters, device)?;
         match self.threads {
-            Some(n) => ens.with_threads(usize::try_from(n).unwrap_or(usize::MAX)),
+            Some(n) => {
+                let cores = lora_ens::ensemble::max_threads();
+                if n > cores as u64 {
+                    progress(&format!(
+                        "warning: --threads {n} is more than the {cores} cores; using {cores}"
+                    ));
+                }
+                ens.with_threads(usize::try_from(n).unwrap_or(usize::MAX))
+            }
             None => Ok(ens),
         }
     }
@@ -191,6 +204,10 @@ where
     }
     match execute(cli, ctx) {
         Ok(()) => EXIT_OK,
+        Err(lora_ens::Error::Interrupted) => {
+            eprintln!("error: interrupted; nothing was written");
+            EXIT_INTERRUPTED
+        }
         Err(e) => {
             eprintln!("error: {}", one_line(&e.to_string()));
             EXIT_ERROR
@@ -426,5 +443,12 @@ mod tests {
         assert_eq!(code(&["generate"]), 2);
         assert_eq!(code(&["infer", "--threads", "0"]), 2);
         assert_eq!(code(&["infer", "--normalization", "mean"]), 2);
+        assert_eq!(code(&["infer", "--batch-size", "-1"]), 2);
+        let e = Cli::try_parse_from(["lora-ens-rs", "infer", "--limit", "-3"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid value '-3' for '--limit <N>'"),
+            "{e}"
+        );
     }
 }

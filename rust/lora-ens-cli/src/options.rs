@@ -207,7 +207,10 @@ impl ArgSpec for Arg {
             .required(false);
         arg = match spec.kind {
             Kind::Path => arg.value_parser(clap::value_parser!(std::path::PathBuf)),
-            Kind::Int => arg.value_parser(clap::value_parser!(u64).range(spec.min.unwrap_or(0)..)),
+            // A negative value is a value out of range (named as such), not an unknown flag.
+            Kind::Int => arg
+                .value_parser(clap::value_parser!(u64).range(spec.min.unwrap_or(0)..))
+                .allow_negative_numbers(true),
             Kind::Text if spec.choices.is_empty() => arg.value_parser(clap::value_parser!(String)),
             Kind::Text if arg.get_value_parser().possible_values().is_some() => arg,
             Kind::Text => arg.value_parser(PossibleValuesParser::new(spec.choices)),

@@ -2,7 +2,9 @@
 //! content goes to a temporary file in the same directory, renamed over the destination only
 //! by [`Output::commit`]; if the command fails first (or the output is dropped), the
 //! temporary file is removed and nothing appears at the destination (an existing file there
-//! is left as it was).
+//! is left as it was). A destination that is a symbolic link is written through (the file it
+//! points to is replaced, the link kept); temporaries of a killed run are removed by the next
+//! run writing the same destination ([`lora_ens::atomic::remove_stale`]).
 //! Test: `cargo test -p lora-ens-cli --lib output`.
 
 use std::io::{BufWriter, Write};
@@ -46,15 +48,19 @@ impl Output {
                 path.display()
             )));
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
+        // A symbolic link is written through: its target is replaced, the link stays.
+        let target = lora_ens::atomic::target_of(path);
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
         };
-        let name = path
+        let name = target
             .file_name()
-            .map_or_else(|| "output".into(), |n| n.to_string_lossy());
+            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+        lora_ens::atomic::remove_stale(&dir, &name);
         let mut builder = tempfile::Builder::new();
-        let prefix = format!(".{name}.");
+        // `.NAME.PID.RANDOM.tmp`: the pid lets a later run remove it if this one is killed.
+        let prefix = format!(".{name}.{}.", std::process::id());
         builder.prefix(&prefix).suffix(".tmp");
         #[cfg(unix)]
         {
@@ -62,9 +68,9 @@ impl Output {
             use std::os::unix::fs::PermissionsExt;
             builder.permissions(std::fs::Permissions::from_mode(0o666));
         }
-        let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(path, e))?;
+        let tmp = builder.tempfile_in(&dir).map_err(|e| Error::io(path, e))?;
         Ok(Output::File {
-            path: path.to_path_buf(),
+            path: target,
             file: BufWriter::new(tmp),
         })
     }
@@ -167,6 +173,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Output::create(Some(dir.path())).unwrap_err();
         assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_is_written_through_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.jsonl");
+        std::fs::write(&real, "old\n").unwrap();
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut out = Output::create(Some(&link)).unwrap();
+        out.write_line("new").unwrap();
+        out.commit().unwrap();
+        assert!(link.is_symlink());
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new\n");
+        assert_eq!(entries(dir.path()), ["link.jsonl", "real.jsonl"]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_killed_run_leaves_a_temporary_the_next_run_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(dir.path().join(".out.jsonl.99999999.Ab12Cd.tmp"), "partial").unwrap();
+        let out = Output::create(Some(&path)).unwrap();
+        out.commit().unwrap();
+        assert_eq!(entries(dir.path()), ["out.jsonl"]);
     }
 
     #[test]

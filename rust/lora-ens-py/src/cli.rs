@@ -8,9 +8,14 @@ use pyo3::types::PyDict;
 /// Run the command line with `argv` (program name first) and return the exit code.
 #[pyfunction]
 #[pyo3(signature = (argv, python=None))]
-fn cli_main(py: Python<'_>, argv: Vec<String>, python: Option<String>) -> i32 {
+fn cli_main(py: Python<'_>, argv: Vec<String>, python: Option<String>) -> PyResult<i32> {
     let ctx = lora_ens_cli::Context { python };
-    py.detach(|| lora_ens_cli::run(argv, &ctx))
+    // A Ctrl-C stops the command between batches (nothing is written) and is raised here.
+    let (code, signal) = crate::error::run_interruptibly(py, move || lora_ens_cli::run(argv, &ctx));
+    match signal {
+        Some(e) => Err(e),
+        None => Ok(code),
+    }
 }
 
 /// Every subcommand, in `--help` order.
@@ -55,5 +60,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli_option_specs, m)?)?;
     m.add("EXIT_ERROR", lora_ens_cli::EXIT_ERROR)?;
     m.add("EXIT_USAGE", lora_ens_cli::EXIT_USAGE)?;
+    m.add("EXIT_INTERRUPTED", lora_ens_cli::EXIT_INTERRUPTED)?;
     Ok(())
 }

@@ -162,5 +162,6 @@ pub(crate) fn question_of(q: &Bound<'_, PyAny>, i: usize) -> PyResult<Question> 
         labels,
         answer,
         subject: get(dict, "subject", &bad)?,
+        line: 0,
     })
 }

@@ -47,6 +47,8 @@ fn class_name(err: &Error) -> &'static str {
         Error::ModelFetch(_) => "ModelFetchError",
         Error::Device(_) => "DeviceError",
         Error::Candle(_) => "EngineError",
+        // Raised as KeyboardInterrupt by `raise`; never looked up in errors.py.
+        Error::Interrupted => "KeyboardInterrupt",
     }
 }
 
@@ -56,6 +58,9 @@ fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyTy
 }
 
 fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
+    if name == "KeyboardInterrupt" {
+        return pyo3::exceptions::PyKeyboardInterrupt::new_err(message);
+    }
     debug_assert!(
         ERROR_CLASSES.contains(&name),
         "{name} is not in ERROR_CLASSES"
@@ -72,13 +77,19 @@ pub fn to_pyerr(err: Error) -> PyErr {
 }
 
 /// Run an engine call with the GIL released; an engine error becomes its exception and a
-/// panic becomes `EngineError` instead of tearing down the interpreter.
+/// panic becomes `EngineError` instead of tearing down the interpreter. The call runs on a
+/// worker thread while this one checks for signals every 50 ms: a pending
+/// `KeyboardInterrupt` (Ctrl-C) or an exception from another signal handler asks the engine
+/// to stop ([`lora_ens::interrupt`]), waits for the call to return, and is raised.
 pub fn call<T, F>(py: Python<'_>, f: F) -> PyResult<T>
 where
     T: Send,
     F: FnOnce() -> lora_ens::Result<T> + Send,
 {
-    let outcome = py.detach(|| catch_unwind(AssertUnwindSafe(f)));
+    let (outcome, signal) = run_interruptibly(py, move || catch_unwind(AssertUnwindSafe(f)));
+    if let Some(err) = signal {
+        return Err(err);
+    }
     match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(raise(py, class_name(&err), err.to_string())),
@@ -95,6 +106,37 @@ where
             ))
         }
     }
+}
+
+/// Run `f` on a worker thread with the GIL released, checking for signals every 50 ms; on a
+/// signal's exception, request an engine stop and wait for `f`. Returns `f`'s result and the
+/// exception of a signal that arrived meanwhile.
+pub fn run_interruptibly<R: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> R + Send,
+) -> (R, Option<PyErr>) {
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(f);
+        let mut signal = None;
+        while !worker.is_finished() {
+            py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+            if signal.is_none() {
+                if let Err(e) = py.check_signals() {
+                    lora_ens::interrupt::request();
+                    signal = Some(e);
+                }
+            }
+        }
+        let result = py.detach(|| worker.join());
+        if signal.is_some() {
+            lora_ens::interrupt::clear();
+        }
+        match result {
+            Ok(r) => (r, signal),
+            // `f` catches its own panics; a panic here would be one in the thread machinery.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// The class names this module raises, checked at import against `errors.py`.

@@ -31,6 +31,8 @@ pub struct Question {
     pub answer: Option<usize>,
     /// The MMLU subject (from the file name) or a generic record's `subject`, else `None`.
     pub subject: Option<String>,
+    /// The 1-based line of the file the record starts on; 0 when not read from a file.
+    pub line: usize,
 }
 
 impl Question {
@@ -135,7 +137,8 @@ pub fn read_questions(
             "is a directory; expected a dataset file (.jsonl or .csv)",
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let refuse = |reason: String| data_error(path, 0, reason);
+    let bytes = crate::io::read_file(path, crate::io::MAX_QUESTION_FILE_BYTES, &refuse)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -255,9 +258,7 @@ pub fn default_labels(n: usize) -> std::result::Result<Vec<String>, String> {
 
 /// Checks a question's choices and labels: one non-empty, distinct label per choice.
 pub fn check_choices(choices: &[String], labels: &[String]) -> std::result::Result<(), String> {
-    if choices.is_empty() {
-        return Err("no choices".into());
-    }
+    check_choice_count(choices.len())?;
     if labels.len() != choices.len() {
         return Err(format!(
             "{} labels for {} choices",
@@ -271,12 +272,45 @@ pub fn check_choices(choices: &[String], labels: &[String]) -> std::result::Resu
     if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
         return Err(format!("empty label for choice {i}"));
     }
+    if let Some(i) = labels.iter().position(|l| !is_visible(l)) {
+        return Err(format!(
+            "label {:?} of choice {i} has no visible character (only zero-width or \
+             control characters)",
+            labels[i]
+        ));
+    }
     // A set, not a scan of the labels before each one: linear in the number of choices.
     let mut seen = std::collections::HashSet::with_capacity(labels.len());
     if let Some(label) = labels.iter().find(|l| !seen.insert(l.as_str())) {
         return Err(format!("duplicate label {label:?}"));
     }
     Ok(())
+}
+
+/// At least one and at most [`crate::io::MAX_CHOICES`] choices.
+pub fn check_choice_count(n: usize) -> std::result::Result<(), String> {
+    if n == 0 {
+        return Err("no choices".into());
+    }
+    if n > crate::io::MAX_CHOICES {
+        return Err(format!(
+            "{n} choices, more than the {} a question may have",
+            crate::io::MAX_CHOICES
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `text` has a character that shows: not white space, not a control character and
+/// not a zero-width / invisible formatting character (U+200B..U+200F, U+2028..U+202E,
+/// U+2060..U+2064, U+FEFF, U+00AD, U+180E).
+fn is_visible(text: &str) -> bool {
+    text.chars().any(|c| {
+        !(c.is_whitespace()
+            || c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}'))
+    })
 }
 
 /// The index of answer `label` among `labels`, or the reason it is not there.

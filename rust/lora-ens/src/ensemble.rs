@@ -80,6 +80,10 @@ impl Ensemble {
         device: &Device,
     ) -> Result<Self> {
         let model_path = model.as_ref().to_path_buf();
+        crate::io::check_file(&model_path, u64::MAX, &|reason| Error::InvalidGguf {
+            path: model_path.clone(),
+            reason,
+        })?;
         let mut gguf = GgufFile::open(&model_path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let llama = Llama::load(&mut gguf, device)?;
@@ -115,11 +119,13 @@ impl Ensemble {
     }
 
     /// Run every later call on a pool of `threads` threads (default: rayon's global pool, one
-    /// thread per core).
+    /// thread per core); more threads than [`max_threads`] (the machine's cores) are capped
+    /// to it, since extra threads only compete for the same cores.
     pub fn with_threads(mut self, threads: usize) -> Result<Self> {
         if threads == 0 {
             return Err(Error::Input("threads must be at least 1".to_owned()));
         }
+        let threads = threads.min(max_threads());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -217,9 +223,10 @@ impl Ensemble {
         self.check_tokens(questions, spec.mode)?;
         let (texts, options) = questions::layout(questions, spec.mode)?;
         let scores = match spec.mode {
-            Scoring::Labels => self.score(&texts, &options, opts)?,
-            Scoring::Choices => self.score_choices(&texts, &options, spec.normalization, opts)?,
-        };
+            Scoring::Labels => self.score(&texts, &options, opts),
+            Scoring::Choices => self.score_choices(&texts, &options, spec.normalization, opts),
+        }
+        .map_err(|e| name_question(e, questions))?;
         Ok(QuestionScores {
             scores,
             spec: *spec,
@@ -283,6 +290,14 @@ impl Ensemble {
             prompt.to_owned()
         };
         let ids = self.tokenizer.encode(&text, true)?;
+        let limit = self.model.config().context_length;
+        if ids.len() > limit || (ids.len() == limit && opts.max_new_tokens > 0) {
+            return Err(Error::Input(format!(
+                "the prompt is {} tokens; the model's context length {limit} leaves no room \
+                 to generate",
+                ids.len()
+            )));
+        }
         self.run(|| {
             generate::generate(
                 &self.model,
@@ -337,6 +352,33 @@ impl Ensemble {
 }
 
 /// Broadcast a single shared list to all `n` prompts, or check there is one per prompt.
+/// The most kernel threads an ensemble runs: the cores this process may use.
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// An error about `prompt {i}` / `context {i}` (the scorer's names) renamed after the
+/// question: its id and, when read from a file, its line.
+fn name_question(e: Error, questions: &[Question]) -> Error {
+    let rename = |msg: String| {
+        let named = ["prompt ", "context "].iter().find_map(|p| {
+            let rest = msg.strip_prefix(p)?;
+            let (index, tail) = rest.split_once(": ")?;
+            let q = questions.get(index.parse::<usize>().ok()?)?;
+            Some(match q.line {
+                0 => format!("question {}: {tail}", q.id),
+                line => format!("question {} (line {line}): {tail}", q.id),
+            })
+        });
+        named.unwrap_or(msg)
+    };
+    match e {
+        Error::Input(msg) => Error::Input(rename(msg)),
+        Error::Label(msg) => Error::Label(rename(msg)),
+        other => other,
+    }
+}
+
 fn per_prompt<'a>(n: usize, lists: &'a [Vec<String>], what: &str) -> Result<Vec<&'a Vec<String>>> {
     match lists.len() {
         1 => Ok(vec![&lists[0]; n]),

@@ -101,6 +101,10 @@ pub enum Error {
     #[error("device: {0}")]
     Device(String),
 
+    /// The call was interrupted (Ctrl-C, SIGTERM) before it finished; nothing was written.
+    #[error("interrupted")]
+    Interrupted,
+
     /// An error raised inside candle's tensor code.
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),

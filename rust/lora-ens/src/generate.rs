@@ -239,6 +239,7 @@ pub(crate) fn generate(
     };
     let mut next: Vec<u32> = prompt.to_vec();
     for _ in 0..opts.max_new_tokens {
+        crate::interrupt::check()?;
         if caches[0].len() + next.len() > model.config().context_length {
             break; // The context is full: stop as if the length limit was reached.
         }

@@ -23,6 +23,8 @@ mod error;
 pub mod generate;
 mod gguf;
 pub mod hash;
+pub mod interrupt;
+pub mod io;
 mod kernels;
 mod linear;
 mod lora;

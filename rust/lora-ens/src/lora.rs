@@ -103,14 +103,18 @@ impl LoraAdapter {
 
         let weights = dir.join(WEIGHTS_FILE);
         let bad = |reason: String| refuse(&weights, reason);
-        let bytes = std::fs::read(&weights).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound if dir.join("adapter_model.bin").exists() => bad(
-                "file is missing; adapter_model.bin (pickle) is not supported: \
-                 save with safe_serialization=True"
-                    .to_owned(),
-            ),
-            std::io::ErrorKind::NotFound => bad("file is missing".to_owned()),
-            _ => Error::io(&weights, e),
+        let bytes = read_weights(&weights, max_weight_bytes(&config, base), &bad).map_err(|e| {
+            if !crate::io::is_not_found(&e) {
+                e
+            } else if dir.join("adapter_model.bin").exists() {
+                bad(
+                    "file is missing; adapter_model.bin (pickle) is not supported: \
+                     save with safe_serialization=True"
+                        .to_owned(),
+                )
+            } else {
+                bad("file is missing".to_owned())
+            }
         })?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
@@ -185,6 +189,51 @@ impl LoraAdapter {
     pub fn first_layer(&self) -> Option<usize> {
         self.modules.keys().next().map(|&(layer, _)| layer)
     }
+}
+
+/// The most bytes an adapter for `base` with `config` can take: every target of every layer
+/// at the largest rank, in f64, plus the largest header.
+fn max_weight_bytes(config: &AdapterConfig, base: &LlamaConfig) -> u64 {
+    let rank = config
+        .rank_pattern
+        .iter()
+        .map(|p| p.value)
+        .fold(config.r, usize::max) as u64;
+    let per_layer: u64 = Target::ALL
+        .iter()
+        .map(|t| {
+            let (i, o) = t.dims(base);
+            (i as u64).saturating_add(o as u64)
+        })
+        .fold(0u64, u64::saturating_add);
+    (base.n_layer as u64)
+        .saturating_mul(per_layer)
+        .saturating_mul(rank)
+        .saturating_mul(8)
+        .saturating_add(8 + crate::io::MAX_SAFETENSORS_HEADER)
+}
+
+/// Read a safetensors file of at most `max_bytes`, after checking that its header length
+/// (the first 8 bytes, little-endian) fits in the file and under the format's limit.
+fn read_weights(path: &Path, max_bytes: u64, bad: &dyn Fn(String) -> Error) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let size = crate::io::check_file(path, max_bytes, bad)?;
+    let mut prefix = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if size < 8 || file.read_exact(&mut prefix).is_err() {
+        return Err(bad(format!(
+            "not a valid safetensors file: {size} bytes, shorter than the 8-byte header length"
+        )));
+    }
+    let header = u64::from_le_bytes(prefix);
+    if header > crate::io::MAX_SAFETENSORS_HEADER || header > size - 8 {
+        return Err(bad(format!(
+            "not a valid safetensors file: header length {header} does not fit in the \
+             {size}-byte file (at most {} bytes)",
+            crate::io::MAX_SAFETENSORS_HEADER
+        )));
+    }
+    crate::io::read_file(path, max_bytes, bad)
 }
 
 /// Check one module's shapes against the base and the config, permute B for Q / K.

@@ -309,6 +309,7 @@ mod tests {
                 .collect(),
             answer,
             subject: None,
+            line: 0,
         }
     }
 

@@ -109,6 +109,16 @@ impl Scorer<'_> {
             }
             ids.push(t);
         }
+        let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let limit = self.model.config().context_length;
+        if context_ids.len() + longest > limit {
+            return Err(Error::Input(format!(
+                "{what}: the prompt ({} tokens) and its longest option ({longest} tokens) need \
+                 {} positions, more than the model's context length {limit}",
+                context_ids.len(),
+                context_ids.len() + longest
+            )));
+        }
         Ok(Options {
             context: context_ids,
             options: ids,
@@ -140,6 +150,7 @@ impl Scorer<'_> {
         let total = questions.len();
         let mut done = 0;
         for batch in single.chunks(opts.questions_per_pass(m)) {
+            crate::interrupt::check()?;
             // One lm_head row per distinct label token in the batch.
             let mut vocab: Vec<u32> = batch
                 .iter()
@@ -169,6 +180,7 @@ impl Scorer<'_> {
             report(opts, done, total);
         }
         for batch in multi.chunks(opts.questions_per_pass(m)) {
+            crate::interrupt::check()?;
             let qs: Vec<&Options> = batch.iter().map(|&i| &questions[i]).collect();
             let lls = self.log_likelihoods(&qs, Normalization::Sum)?;
             scatter(&lls, batch, m, k, &mut scores);
@@ -200,6 +212,7 @@ impl Scorer<'_> {
         let all: Vec<usize> = (0..questions.len()).collect();
         let mut done = 0;
         for batch in all.chunks(opts.questions_per_pass(m)) {
+            crate::interrupt::check()?;
             let qs: Vec<&Options> = batch.iter().map(|&i| &questions[i]).collect();
             let lls = self.log_likelihoods(&qs, norm)?;
             scatter(&lls, batch, m, k, &mut scores);

@@ -32,6 +32,17 @@ pub(super) fn parse(
             continue;
         }
         let line_no = index + 1;
+        if line.len() > crate::io::MAX_LINE_BYTES {
+            return Err(data_error(
+                source,
+                line_no,
+                format!(
+                    "line is {} bytes, more than the {} bytes a record may have",
+                    line.len(),
+                    crate::io::MAX_LINE_BYTES
+                ),
+            ));
+        }
         let record = parse_line(line, format, &stem, line_no)
             .map_err(|reason| data_error(source, line_no, reason))?;
         questions.push(record);
@@ -61,6 +72,7 @@ fn parse_line(line: &str, format: Format, stem: &str, line_no: usize) -> Result<
         _ => generic_record(&record)?,
     };
     question.id = id;
+    question.line = line_no;
     Ok(question)
 }
 
@@ -93,6 +105,7 @@ fn qa_record(record: &Map<String, Value>) -> Result<Question, Reason> {
             kind(choice_values)
         ));
     };
+    super::check_choice_count(items.len())?;
     let mut choices = Vec::with_capacity(items.len());
     let mut labels = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -131,6 +144,7 @@ fn qa_record(record: &Map<String, Value>) -> Result<Question, Reason> {
         labels,
         answer,
         subject: None,
+        line: 0,
     })
 }
 
@@ -146,6 +160,7 @@ fn generic_record(record: &Map<String, Value>) -> Result<Question, Reason> {
     }
     let question = string_field(record, "question", "question")?;
     let choices = string_list(record, "choices")?.ok_or("missing field `choices`")?;
+    super::check_choice_count(choices.len())?;
     let labels = match string_list(record, "labels")? {
         Some(labels) => labels,
         None => super::default_labels(choices.len())?,
@@ -187,6 +202,7 @@ fn generic_record(record: &Map<String, Value>) -> Result<Question, Reason> {
         labels,
         answer,
         subject,
+        line: 0,
     })
 }
 

@@ -21,8 +21,9 @@ pub(super) fn parse(text: &str, source: &Path, max: usize) -> crate::Result<Vec<
             break;
         };
         let (line, fields) = row.map_err(|(line, reason)| data_error(source, line, reason))?;
-        let question = to_question(fields, &labels, &subject, questions.len() + 1)
+        let mut question = to_question(fields, &labels, &subject, questions.len() + 1)
             .map_err(|reason| data_error(source, line, reason))?;
+        question.line = line;
         questions.push(question);
     }
     Ok(questions)
@@ -73,6 +74,7 @@ fn to_question(
         labels: labels.to_vec(),
         answer: Some(answer),
         subject: Some(subject.to_owned()),
+        line: 0,
     })
 }
 

@@ -125,12 +125,13 @@ struct OrderedPatterns {
 impl AdapterConfig {
     /// Read and validate `adapter_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => refuse(
-                path,
-                "file is missing (not a PEFT adapter directory)".to_owned(),
-            ),
-            _ => Error::io(path, e),
+        let bad = |reason: String| refuse(path, reason);
+        let text = crate::io::read_text(path, crate::io::MAX_JSON_BYTES, &bad).map_err(|e| {
+            if crate::io::is_not_found(&e) {
+                bad("file is missing (not a PEFT adapter directory)".to_owned())
+            } else {
+                e
+            }
         })?;
         Self::from_json(&text, path)
     }
@@ -150,10 +151,17 @@ impl AdapterConfig {
             .ok_or_else(|| bad("`r` is missing".to_owned()))?;
         let lora_alpha = match obj.get("lora_alpha") {
             None | Some(Value::Null) => 8.0, // PEFT's default
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| bad(format!("`lora_alpha` must be a number, got {v}")))?,
+            Some(v) => sane_alpha(v).ok_or_else(|| {
+                bad(format!(
+                    "`lora_alpha` must be a finite number of magnitude at most {MAX_ALPHA}, got {v}"
+                ))
+            })?,
         };
+        if r > MAX_RANK {
+            return Err(bad(format!(
+                "`r` is {r}, more than the largest rank {MAX_RANK}"
+            )));
+        }
         let target_modules = match obj.get("target_modules") {
             None | Some(Value::Null) => return Err(bad("`target_modules` is missing".to_owned())),
             Some(v) => parse_targets(v, "target_modules").map_err(bad)?,
@@ -165,11 +173,13 @@ impl AdapterConfig {
         let ordered: OrderedPatterns = serde_json::from_str(text)
             .map_err(|e| bad(format!("rank_pattern / alpha_pattern: {e}")))?;
         let rank_pattern = patterns(ordered.rank_pattern, "rank_pattern", |v| {
-            v.as_u64().filter(|&r| r > 0).map(|r| r as usize)
+            v.as_u64()
+                .filter(|&r| r > 0 && r <= MAX_RANK as u64)
+                .map(|r| r as usize)
         })
         .map_err(bad)?;
         let alpha_pattern =
-            patterns(ordered.alpha_pattern, "alpha_pattern", Value::as_f64).map_err(bad)?;
+            patterns(ordered.alpha_pattern, "alpha_pattern", sane_alpha).map_err(bad)?;
         let layers_to_transform = match obj.get("layers_to_transform") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(vec![layer_index(n.as_u64()).map_err(bad)?]),
@@ -376,6 +386,17 @@ fn refuse_unsupported(obj: &Map<String, Value>) -> std::result::Result<(), Strin
     Ok(())
 }
 
+/// The largest rank (`r`, `rank_pattern` values) an adapter may have.
+pub const MAX_RANK: usize = 1 << 16;
+
+/// The largest magnitude of `lora_alpha` / `alpha_pattern` values (the scaling is alpha / r).
+pub const MAX_ALPHA: f64 = 1e6;
+
+/// An alpha that is a finite number of magnitude at most [`MAX_ALPHA`].
+fn sane_alpha(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|a| a.is_finite() && a.abs() <= MAX_ALPHA)
+}
+
 fn positive_int(v: Option<&Value>, key: &str) -> std::result::Result<Option<usize>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -427,8 +448,14 @@ fn patterns<T>(
     entries
         .into_iter()
         .map(|(k, v)| {
-            let parsed =
-                value(&v).ok_or_else(|| format!("`{key}` entry `{k}` has bad value {v}"))?;
+            let parsed = value(&v).ok_or_else(|| {
+                let want = if key == "rank_pattern" {
+                    format!("a positive integer of at most {MAX_RANK}")
+                } else {
+                    format!("a finite number of magnitude at most {MAX_ALPHA}")
+                };
+                format!("`{key}` entry `{k}` has bad value {v}: expected {want}")
+            })?;
             let regex = Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
                 .map_err(|e| format!("`{key}` key `{k}` is not a valid pattern: {e}"))?;
             Ok(Pattern {

@@ -74,7 +74,8 @@ impl EnsembleManifest {
         } else {
             path.to_path_buf()
         };
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let bad = |reason: String| refuse(&file, reason);
+        let text = crate::io::read_text(&file, crate::io::MAX_JSON_BYTES, &bad)?;
         Self::from_json(&text, &file)
     }
 
@@ -106,6 +107,13 @@ impl EnsembleManifest {
             Some(other) => {
                 return Err(bad(format!(
                     "`members` must be a non-empty list of adapter directories, got {other}"
+                )));
+            }
+            None if obj.contains_key("peft_type") || obj.contains_key("target_modules") => {
+                return Err(bad(format!(
+                    "this is a PEFT adapter config, not an ensemble manifest: pass the \
+                     adapter's directory ({})",
+                    dir.display()
                 )));
             }
             None => return Err(bad("`members` is missing".to_owned())),
@@ -355,7 +363,9 @@ fn is_sha256(s: &str) -> bool {
 
 /// Whether `path` is an ensemble (a directory with `ensemble.json`, or that file itself).
 pub fn is_ensemble(path: &Path) -> bool {
-    path.join(MANIFEST_FILE).is_file()
+    // `exists`, not `is_file`: an `ensemble.json` that is not a regular file (a FIFO, a
+    // directory) is refused by the manifest reader, naming it.
+    path.join(MANIFEST_FILE).exists()
         || (path.is_file() && path.extension().is_some_and(|e| e == "json"))
 }
 
