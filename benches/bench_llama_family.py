@@ -100,7 +100,10 @@ def quantize(src: Path, dst: Path, kind: str) -> None:
         print(f"quantizing {dst.name} with scripts/kquants.py ...", file=sys.stderr)
         kquants.requantize_gguf(src, dst, type_for)
         return
-    ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q4_1": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1}
+    ftype = {
+        "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+        "q4_1": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1,
+    }
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype[kind]
     params.nthread = os.cpu_count() or 1
@@ -226,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"scoring-{kind}.json"
             peers = "engine,llamacpp,transformers" if kind == "q4_k_m" else "engine,llamacpp"
             bench_scoring.main(
-                ["--model", str(path), "--n", str(args.n), "--threads", str(args.threads)]
-                + ["--repeats", str(args.repeats), "--peers", peers, "--out", str(out)]
+                [
+                    *("--model", str(path), "--n", str(args.n), "--threads", str(args.threads)),
+                    *("--repeats", str(args.repeats), "--peers", peers, "--out", str(out)),
+                ]
             )
             scoring[kind] = json.loads(out.read_text())["results"]
         from transformers import AutoTokenizer

@@ -217,7 +217,11 @@ def write_bpe(out: Path, name: str, text: list[str]) -> None:
                 {"Sequence": {"id": "B", "type_id": 1}},
             ],
             "special_tokens": {
-                specials["bos"]: {"id": specials["bos"], "ids": [VOCAB], "tokens": [specials["bos"]]}
+                specials["bos"]: {
+                    "id": specials["bos"],
+                    "ids": [VOCAB],
+                    "tokens": [specials["bos"]],
+                }
             },
         }
     else:

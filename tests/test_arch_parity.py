@@ -81,7 +81,7 @@ def prompts(arch: Path) -> list[list[int]]:
 
 def test_tokenizer_matches_the_checkpoint(arch: Path) -> None:
     tok = _core.Tokenizer.from_gguf(arch / "f32.gguf")
-    texts = csqa_prompts(200) + ["", " leading space", "tabs\tand\nnewlines  ", "Ünïcödé 漢字 🦙"]
+    texts = [*csqa_prompts(200), "", " leading space", "tabs\tand\nnewlines  ", "Ünïcödé 漢字 🦙"]
     got = [tok.encode(t, add_special_tokens=True) for t in texts]
     if arch.name == "llama2":
         import sentencepiece as spm
@@ -140,7 +140,9 @@ def test_quantized_matches_transformers_on_its_weights(arch: Path, name: str) ->
 def member_configs() -> list[LoraConfig]:
     mlp = ["gate_proj", "up_proj", "down_proj"]
     return [
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", *mlp]),
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", *mlp]
+        ),
         LoraConfig(
             r=8,
             lora_alpha=16,
