@@ -130,9 +130,7 @@ def test_bos_and_eos_as_llama_cpp_adds_them(llama_vocabs: Path, name: str, adds_
 
 
 @pytest.mark.parametrize(("name", "value"), sorted(REFUSED.items()))
-def test_unsupported_vocabulary_is_a_typed_error(
-    llama_vocabs: Path, name: str, value: str
-) -> None:
+def test_unsupported_vocabulary_is_a_typed_error(llama_vocabs: Path, name: str, value: str) -> None:
     path = llama_vocabs / f"ggml-vocab-{name}.gguf"
     with pytest.raises(TokenizerError) as err:
         Tokenizer.from_gguf(str(path))
@@ -160,5 +158,13 @@ def test_unknown_pre_tokenizer_is_a_typed_error(tmp_path: Path) -> None:
         Tokenizer.from_gguf(str(path))
     message = str(err.value)
     assert "pre-tokenizer `made-up-splitter`" in message and path.name in message, message
-    for known in ["llama-bpe", "qwen2", "qwen35", "deepseek-llm", "deepseek-coder", "falcon", "mpt"]:
+    for known in [
+        "llama-bpe",
+        "qwen2",
+        "qwen35",
+        "deepseek-llm",
+        "deepseek-coder",
+        "falcon",
+        "mpt",
+    ]:
         assert known in message, (known, message)
