@@ -93,7 +93,7 @@ fn python_method(
             }
             "upper" | "lower" | "title" | "capitalize" => {
                 let _: () = from_args(args)?;
-                state.apply_filter(method, &[value.clone()])
+                state.apply_filter(method, std::slice::from_ref(value))
             }
             "replace" => {
                 let (old, new): (&str, &str) = from_args(args)?;
@@ -113,7 +113,7 @@ fn python_method(
         return match method {
             "items" => {
                 let _: () = from_args(args)?;
-                state.apply_filter("items", &[value.clone()])
+                state.apply_filter("items", std::slice::from_ref(value))
             }
             "keys" | "values" => {
                 let _: () = from_args(args)?;
