@@ -19,6 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MAKE_TINY_LLAMA = REPO / "scripts" / "make_tiny_llama.py"
 MAKE_TINY_ENSEMBLE = REPO / "scripts" / "make_tiny_ensemble.py"
+FETCH_LLAMA_VOCABS = REPO / "scripts" / "fetch_llama_vocabs.py"
 
 
 def sha256(path: Path) -> str:
@@ -77,3 +78,16 @@ def default_model() -> str:
     import lora_ens_rs
 
     return lora_ens_rs.default_model_path()
+
+
+@pytest.fixture(scope="session")
+def llama_vocabs() -> Path:
+    """The directory of llama.cpp's test vocabularies (`ggml-vocab-*.gguf` with `.inp` / `.out`),
+    fetched by `scripts/fetch_llama_vocabs.py`; the test is skipped when they cannot be."""
+    done = subprocess.run(
+        [sys.executable, str(FETCH_LLAMA_VOCABS)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"llama.cpp's test vocabularies could not be fetched: {reason}")
+    return Path(done.stdout.strip())

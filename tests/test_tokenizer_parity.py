@@ -18,43 +18,18 @@ Run: `pytest tests/test_tokenizer_parity.py` (slow: loads the real model, about 
 
 from __future__ import annotations
 
-import csv
 import json
 import unicodedata
 from pathlib import Path
 
 import pytest
-from support import DATA
+from corpus import benchmark_strings, load_questions, prompt
 
 import lora_ens_rs
 from lora_ens_rs import MissingFileError, ModelLoadError, Tokenizer, TokenizerError
 
 # ---------------------------------------------------------------------------------------------
 # Corpus
-
-
-def load_questions() -> list[tuple[str, list[str], str]]:
-    """(stem, choice texts, split file name) of every question of every data file."""
-    assert DATA.is_dir(), f"benchmark data not found at {DATA} (set $LORA_ENS_RS_DATA)"
-    questions = []
-    for path in sorted(DATA.rglob("*.jsonl")):
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    q = json.loads(line)["question"]
-                    questions.append((q["stem"], [c["text"] for c in q["choices"]], path.name))
-    for path in sorted((DATA / "mmlu").rglob("*.csv")):
-        with path.open(newline="", encoding="utf-8") as f:
-            questions.extend((row[0], row[1:5], path.name) for row in csv.reader(f))
-    kinds = {name.split("_")[0].split("-")[0] for _, _, name in questions}
-    assert len(questions) > 40_000 and len(kinds) > 5, f"incomplete data at {DATA}"
-    return questions
-
-
-def prompt(stem: str, choices: list[str]) -> str:
-    letters = "ABCDEFGH"
-    lines = "\n".join(f"{letters[i]}. {text}" for i, text in enumerate(choices))
-    return f"Question: {stem}\n{lines}\nAnswer:"
 
 
 HAND_WRITTEN = [
@@ -165,11 +140,7 @@ def ours(default_model) -> Tokenizer:
 @pytest.fixture(scope="module")
 def corpus(hf) -> list[str]:
     questions = load_questions()
-    strings = [s for stem, choices, _ in questions for s in (stem, *choices)]
-    dev = [q for q in questions if any(k in q[2] for k in ("dev", "Dev", "val"))]
-    strings += [prompt(stem, choices) for stem, choices, _ in dev]
-    strings += [f"Question: {stem}\nAnswer: {choices[-1]}" for stem, choices, _ in dev[::5]]
-    strings += chat_texts(hf, questions) + HAND_WRITTEN
+    strings = benchmark_strings(questions) + chat_texts(hf, questions) + HAND_WRITTEN
     return list(dict.fromkeys(strings))  # distinct, in order
 
 

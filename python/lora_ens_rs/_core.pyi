@@ -4,7 +4,7 @@
 
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,6 +169,16 @@ class Tokenizer:
     def eos_id(self) -> int | None: ...
     @property
     def chat_template(self) -> str | None: ...
+    @property
+    def add_bos_token(self) -> bool: ...
+    @property
+    def add_eos_token(self) -> bool: ...
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
+    ) -> str: ...
+    def encode_chat(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
+    ) -> list[int]: ...
     def __repr__(self) -> str: ...
 
 class LoraAdapter:

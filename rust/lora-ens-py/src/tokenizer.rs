@@ -188,6 +188,64 @@ impl Tokenizer {
         self.inner.chat_template().map(str::to_owned)
     }
 
+    /// Whether `encode(text, add_special_tokens=True)` puts BOS first
+    /// (`tokenizer.ggml.add_bos_token`, or llama.cpp's default when the file lacks it).
+    #[getter]
+    fn add_bos_token(&self) -> bool {
+        self.inner.add_bos_token()
+    }
+
+    /// Whether `encode(text, add_special_tokens=True)` puts EOS last.
+    #[getter]
+    fn add_eos_token(&self) -> bool {
+        self.inner.add_eos_token()
+    }
+
+    /// Render a conversation with the model's own chat template.
+    ///
+    /// Args:
+    ///     messages: dicts with "role" and "content" strings.
+    ///     add_generation_prompt: append the header that opens the assistant's turn.
+    ///
+    /// Returns:
+    ///     The text, as transformers' `apply_chat_template(messages, tokenize=False)`.
+    ///
+    /// Raises:
+    ///     TokenizerError: the model has no chat template, or it fails to render.
+    #[pyo3(signature = (messages, add_generation_prompt=false))]
+    fn apply_chat_template(
+        &self,
+        py: Python<'_>,
+        messages: Vec<std::collections::HashMap<String, String>>,
+        add_generation_prompt: bool,
+    ) -> PyResult<String> {
+        let pairs = chat_pairs(&messages)?;
+        call(py, || {
+            self.inner
+                .apply_chat_template(&pairs, add_generation_prompt)
+        })
+    }
+
+    /// Token ids of a conversation in the model's chat template, BOS exactly once where
+    /// the model adds it (a leading BOS the template writes is not doubled).
+    ///
+    /// Args:
+    ///     messages: dicts with "role" and "content" strings.
+    ///     add_generation_prompt: append the header that opens the assistant's turn.
+    ///
+    /// Raises:
+    ///     TokenizerError: the model has no chat template, or it fails to render.
+    #[pyo3(signature = (messages, add_generation_prompt=false))]
+    fn encode_chat(
+        &self,
+        py: Python<'_>,
+        messages: Vec<std::collections::HashMap<String, String>>,
+        add_generation_prompt: bool,
+    ) -> PyResult<Vec<u32>> {
+        let pairs = chat_pairs(&messages)?;
+        call(py, || self.inner.encode_chat(&pairs, add_generation_prompt))
+    }
+
     fn __repr__(&self) -> String {
         let id = |id: Option<u32>| id.map_or_else(|| "None".to_owned(), |i| i.to_string());
         format!(
@@ -201,4 +259,22 @@ impl Tokenizer {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Tokenizer>()
+}
+
+/// `(role, content)` of each message dict; a dict without either key is a `KeyError`.
+fn chat_pairs(
+    messages: &[std::collections::HashMap<String, String>],
+) -> PyResult<Vec<(&str, &str)>> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let get = |key: &str| {
+                m.get(key).map(String::as_str).ok_or_else(|| {
+                    pyo3::exceptions::PyKeyError::new_err(format!("message {i} has no \"{key}\""))
+                })
+            };
+            Ok((get("role")?, get("content")?))
+        })
+        .collect()
 }

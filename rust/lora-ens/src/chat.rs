@@ -47,6 +47,7 @@ pub fn render(
             ))
         },
     );
+    env.set_unknown_method_callback(python_method);
     let bad = |e: minijinja::Error| Error::Tokenizer(format!("chat template: {e}"));
     env.add_template("chat", template).map_err(bad)?;
     let tmpl = env.get_template("chat").map_err(bad)?;
@@ -57,6 +58,90 @@ pub fn render(
         eos_token => eos_token,
     })
     .map_err(bad)
+}
+
+/// The Python `str` and `dict` methods chat templates call (`message['content'].strip()`,
+/// `tools.items()`), which minijinja lacks and transformers' Jinja2 has.
+fn python_method(
+    state: &minijinja::State,
+    value: &minijinja::Value,
+    method: &str,
+    args: &[minijinja::Value],
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    use minijinja::value::{ValueKind, from_args};
+    use minijinja::{ErrorKind, Value};
+
+    let unknown = || minijinja::Error::from(ErrorKind::UnknownMethod);
+    if let Some(s) = value.as_str() {
+        return match method {
+            "strip" | "lstrip" | "rstrip" => {
+                let (chars,): (Option<&str>,) = from_args(args)?;
+                let strip = |c: char| chars.map_or(c.is_whitespace(), |set| set.contains(c));
+                Ok(Value::from(match method {
+                    "strip" => s.trim_matches(strip),
+                    "lstrip" => s.trim_start_matches(strip),
+                    _ => s.trim_end_matches(strip),
+                }))
+            }
+            "startswith" | "endswith" => {
+                let (affix,): (&str,) = from_args(args)?;
+                Ok(Value::from(if method == "startswith" {
+                    s.starts_with(affix)
+                } else {
+                    s.ends_with(affix)
+                }))
+            }
+            "upper" | "lower" | "title" | "capitalize" => {
+                let _: () = from_args(args)?;
+                state.apply_filter(method, std::slice::from_ref(value))
+            }
+            "replace" => {
+                let (old, new): (&str, &str) = from_args(args)?;
+                Ok(Value::from(s.replace(old, new)))
+            }
+            "split" => {
+                let (sep,): (Option<&str>,) = from_args(args)?;
+                Ok(Value::from(match sep {
+                    Some(sep) => s.split(sep).map(Value::from).collect::<Vec<_>>(),
+                    None => s.split_whitespace().map(Value::from).collect(),
+                }))
+            }
+            _ => Err(unknown()),
+        };
+    }
+    if value.kind() == ValueKind::Map {
+        return match method {
+            "items" => {
+                let _: () = from_args(args)?;
+                state.apply_filter("items", std::slice::from_ref(value))
+            }
+            "keys" | "values" => {
+                let _: () = from_args(args)?;
+                let keys = value.try_iter()?;
+                let out = keys
+                    .map(|k| {
+                        if method == "keys" {
+                            Ok(k)
+                        } else {
+                            value.get_item(&k)
+                        }
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(Value::from(out))
+            }
+            "get" => {
+                let (key, default): (Value, Option<Value>) = from_args(args)?;
+                let found = value.get_item(&key)?;
+                Ok(if found.is_undefined() {
+                    default.unwrap_or(Value::from(()))
+                } else {
+                    found
+                })
+            }
+            _ => Err(unknown()),
+        };
+    }
+    Err(unknown())
 }
 
 #[cfg(test)]
@@ -84,6 +169,20 @@ mod tests {
             out,
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
         );
+    }
+
+    #[test]
+    fn python_string_and_dict_methods_render_as_in_jinja2() {
+        let template = "{{ messages[0]['content'].strip() }}|{{ ' x '.lstrip() }}|\
+            {{ 'xxaxx'.strip('x') }}|{{ 'ab'.startswith('a') }}|{{ 'a,b'.split(',') | join(';') }}|\
+            {{ 'Hi'.upper() }}|{{ 'a-b'.replace('-', '+') }}|\
+            {% for k, v in {'k': 1}.items() %}{{ k }}={{ v }}{% endfor %}|\
+            {{ {'k': 1}.get('z', 2) }}|{% for k in {'k': 1}.keys() %}{{ k }}{% endfor %}";
+        let out = render(template, &[Message::new("user", "  hi \n")], false, "", "").unwrap();
+        // What Jinja2 renders for the same template.
+        assert_eq!(out, "hi|x |a|True|a;b|HI|a+b|k=1|2|k");
+        let err = render("{{ 'x'.nonesuch() }}", &[], false, "", "").unwrap_err();
+        assert!(err.to_string().contains("nonesuch"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use self::added::{AddedToken, AddedTokens, Segment};
 use self::bpe::Bpe;
 use self::pre::PreTokenizer;
 use self::spm::Spm;
+use crate::chat::{self, Message};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -107,7 +108,7 @@ impl Tokenizer {
     /// Tokens of type CONTROL (3) or USER_DEFINED (4) are matched whole in the text, as the
     /// HF tokenizer transformers builds from the file does; CONTROL ones are special
     /// (dropped by `decode(.., true)`). BOS is added only if `tokenizer.ggml.add_bos_token`
-    /// (absent: not for `gpt2`, yes for `llama`, as llama.cpp does).
+    /// (absent: llama.cpp's default, see [`Tokenizer::add_bos_token`]).
     ///
     /// Errors: [`Error::Io`] / [`Error::InvalidGguf`] for a file that cannot be read as
     /// GGUF, [`Error::Metadata`] or [`Error::Tokenizer`] for a tokenizer it cannot build.
@@ -268,6 +269,19 @@ impl Tokenizer {
         self.eos_id
     }
 
+    /// Whether `encode(.., true)` puts BOS first: `tokenizer.ggml.add_bos_token`, or when
+    /// the file lacks it llama.cpp's default (yes for SentencePiece and LLaMA-3's BPE, no
+    /// for GPT-2, Qwen2, SmolLM2 and the other BPE pre-tokenizers). Scoring, generation and
+    /// training all encode their contexts with `encode(.., true)`, so they agree on it.
+    pub fn add_bos_token(&self) -> bool {
+        self.bos_id.is_some() && self.prefix.first() == self.bos_id.as_ref()
+    }
+
+    /// Whether `encode(.., true)` puts EOS last (`tokenizer.ggml.add_eos_token`).
+    pub fn add_eos_token(&self) -> bool {
+        self.eos_id.is_some() && self.suffix.last() == self.eos_id.as_ref()
+    }
+
     /// Whether `id` is a special token (skipped by `decode(.., true)`).
     pub fn is_special(&self, id: u32) -> bool {
         self.special.get(id as usize).copied().unwrap_or(false)
@@ -276,6 +290,54 @@ impl Tokenizer {
     /// The Jinja chat template (`tokenizer.chat_template`), if the model has one.
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
+    }
+
+    /// The text of a conversation (`(role, content)` pairs) in the model's own chat template,
+    /// as transformers' `apply_chat_template(.., tokenize=False)` renders it: `bos_token` and
+    /// `eos_token` are the model's BOS / EOS tokens. `add_generation_prompt` appends the
+    /// header that opens the assistant's turn.
+    ///
+    /// Errors: [`Error::Tokenizer`] when the model has no template or it fails to render.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self.chat_template().ok_or_else(|| {
+            Error::Tokenizer("the model has no chat template (tokenizer.chat_template)".into())
+        })?;
+        let messages: Vec<Message> = messages
+            .iter()
+            .map(|(role, content)| Message::new(*role, *content))
+            .collect();
+        let text = |id: Option<u32>| id.and_then(|id| self.id_to_token(id)).unwrap_or("");
+        chat::render(
+            template,
+            &messages,
+            add_generation_prompt,
+            text(self.bos_id),
+            text(self.eos_id),
+        )
+    }
+
+    /// The token ids of a conversation in the model's chat template, with BOS exactly once
+    /// where the model adds it: when the rendered text already starts with BOS (a template
+    /// that writes `{{ bos_token }}`) that copy is dropped before `encode(.., true)` puts
+    /// BOS first, as llama.cpp does. Equal to transformers'
+    /// `apply_chat_template(.., tokenize=True)` when the template writes BOS exactly when
+    /// the model adds it (LLaMA-2/3, Mistral, Phi-3, Qwen2, SmolLM2).
+    pub fn encode_chat(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let text = self.apply_chat_template(messages, add_generation_prompt)?;
+        let bos = self.bos_id.and_then(|id| self.id_to_token(id));
+        let body = match bos {
+            Some(bos) if self.add_bos_token() => text.strip_prefix(bos).unwrap_or(&text),
+            _ => &text,
+        };
+        self.encode(body, true)
     }
 }
 

@@ -118,6 +118,23 @@ fn add_bos_token_controls_add_special_tokens() {
 }
 
 #[test]
+fn add_bos_default_follows_llama_cpp_per_pre_tokenizer() {
+    // llama.cpp adds BOS by default for LLaMA-3's BPE only (and for SentencePiece).
+    for (pre, want) in [("llama-bpe", true), ("qwen2", false), ("smollm", false)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_gguf(dir.path(), |m| {
+            set(m, "tokenizer.ggml.pre", Value::String(pre.into()));
+            m.retain(|(k, _)| k != "tokenizer.ggml.add_bos_token");
+        });
+        let tok = load(&path).expect("load");
+        assert_eq!(tok.add_bos_token(), want, "{pre}");
+        let ids = tok.encode("hi", true).expect("encode");
+        assert_eq!(ids.first() == Some(&1), want, "{pre}: {ids:?}");
+        assert!(!tok.add_eos_token());
+    }
+}
+
+#[test]
 fn pre_tokenizer_follows_tokenizer_ggml_pre() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_gguf(dir.path(), |m| {

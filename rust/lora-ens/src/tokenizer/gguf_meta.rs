@@ -41,9 +41,12 @@ pub(crate) fn read(gguf: &GgufFile) -> Result<Parts> {
 fn read_bpe(gguf: &GgufFile) -> Result<Parts> {
     let path = gguf.path().display().to_string();
     let fail = |msg: String| Error::Tokenizer(format!("{path}: {msg}"));
+    // A file without the key gets llama.cpp's `default` splits, as llama.cpp gives it.
     let pre_name = gguf.optional("tokenizer.ggml.pre", GgufFile::string)?;
     let pre_name = pre_name.as_deref().unwrap_or("default");
     let pre = PreTokenizer::named(pre_name).map_err(|e| fail(message(e)))?;
+    let ignore_merges = pre::ignores_merges(pre_name).map_err(|e| fail(message(e)))?;
+    let add_bos_default = pre::adds_bos_by_default(pre_name).map_err(|e| fail(message(e)))?;
     let raw = gguf.strings("tokenizer.ggml.tokens")?;
     let merges = gguf
         .optional("tokenizer.ggml.merges", GgufFile::strings)?
@@ -64,9 +67,11 @@ fn read_bpe(gguf: &GgufFile) -> Result<Parts> {
         )));
     }
 
-    // A byte-level vocabulary spells every token in the byte alphabet; a token that is not
-    // (llama.cpp writes some added tokens as plain text) is respelled from its UTF-8 bytes,
-    // as transformers does. Only tokens already in the alphabet can be added tokens.
+    // A byte-level vocabulary spells every token in the byte alphabet, except that llama.cpp's
+    // converter writes control and user-defined (added) tokens as plain text, which is what
+    // llama.cpp matches whole in the text (MPT's runs of spaces, DeepSeek's `<｜fim▁hole｜>`).
+    // Such a token outside the alphabet is only an added token, never a BPE piece; a normal
+    // token outside it is respelled from its UTF-8 bytes, as transformers does.
     let b2c = bpe::byte_to_char();
     let c2b = bpe::char_to_byte();
     let mut vocab = Vec::with_capacity(raw.len());
@@ -78,12 +83,15 @@ fn read_bpe(gguf: &GgufFile) -> Result<Parts> {
             .as_ref()
             .and_then(|t| t.get(id as usize).copied())
             .unwrap_or(1);
-        if in_alphabet && (kind == TOKEN_TYPE_CONTROL || kind == TOKEN_TYPE_USER_DEFINED) {
+        if kind == TOKEN_TYPE_CONTROL || kind == TOKEN_TYPE_USER_DEFINED {
             added.push(AddedToken::plain(
                 token.clone(),
                 id,
                 kind == TOKEN_TYPE_CONTROL,
             ));
+            if !in_alphabet {
+                continue;
+            }
         }
         let spelled = if in_alphabet {
             token.clone()
@@ -92,11 +100,11 @@ fn read_bpe(gguf: &GgufFile) -> Result<Parts> {
         };
         vocab.push((spelled, id));
     }
-    let specials = Specials::read(gguf, raw.len(), false)?;
+    let specials = Specials::read(gguf, raw.len(), add_bos_default)?;
     Ok(Parts {
         vocab,
         merges,
-        ignore_merges: pre::ignores_merges(pre_name),
+        ignore_merges,
         pre,
         add_prefix_space: false,
         added,
@@ -174,26 +182,30 @@ struct Specials {
 }
 
 impl Specials {
-    /// `add_bos_default`: whether BOS is added when `tokenizer.ggml.add_bos_token` is absent.
+    /// `add_bos_default`: whether BOS is added when `tokenizer.ggml.add_bos_token` is absent
+    /// (llama.cpp's default for the vocabulary's kind; without a BOS id nothing is added).
+    /// EOS is added only when `tokenizer.ggml.add_eos_token` says so.
     fn read(gguf: &GgufFile, n_tokens: usize, add_bos_default: bool) -> Result<Self> {
         let path = gguf.path().display().to_string();
         let bos_id = specials_id(gguf, "tokenizer.ggml.bos_token_id", n_tokens)?;
         let eos_id = specials_id(gguf, "tokenizer.ggml.eos_token_id", n_tokens)?;
-        let flag = |key: &str, default: bool| -> Result<bool> {
-            Ok(gguf.optional(key, GgufFile::bool)?.unwrap_or(default))
-        };
-        let wanted = |on: bool, id: Option<u32>, what: &str| -> Result<Vec<u32>> {
-            match (on, id) {
-                (false, _) => Ok(Vec::new()),
-                (true, Some(id)) => Ok(vec![id]),
-                (true, None) => Err(Error::Tokenizer(format!(
-                    "{path}: add_{what}_token is set but {what}_token_id is missing"
+        let wanted = |key: &str, default: bool, id: Option<u32>, what: &str| -> Result<Vec<u32>> {
+            match (gguf.optional(key, GgufFile::bool)?, id) {
+                (Some(true), Some(id)) => Ok(vec![id]),
+                (Some(true), None) => Err(Error::Tokenizer(format!(
+                    "{path}: {key} is set but tokenizer.ggml.{what}_token_id is missing"
                 ))),
+                (None, Some(id)) if default => Ok(vec![id]),
+                _ => Ok(Vec::new()),
             }
         };
-        let add_bos = flag("tokenizer.ggml.add_bos_token", add_bos_default)?;
-        let prefix = wanted(add_bos, bos_id, "bos")?;
-        let suffix = wanted(flag("tokenizer.ggml.add_eos_token", false)?, eos_id, "eos")?;
+        let prefix = wanted(
+            "tokenizer.ggml.add_bos_token",
+            add_bos_default,
+            bos_id,
+            "bos",
+        )?;
+        let suffix = wanted("tokenizer.ggml.add_eos_token", false, eos_id, "eos")?;
         Ok(Self {
             bos_id,
             eos_id,
