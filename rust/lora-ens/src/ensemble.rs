@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use crate::chat::{self, Message};
 use crate::config::LlamaConfig;
 use crate::data::Question;
 use crate::generate::{self, GenerateOptions, Generation};
@@ -278,18 +277,19 @@ impl Ensemble {
     /// # Ok::<(), lora_ens::Error>(())
     /// ```
     pub fn generate(&self, prompt: &str, chat: bool, opts: &GenerateOptions) -> Result<Generation> {
-        let text = if chat {
-            let template = self.tokenizer.chat_template().ok_or_else(|| {
-                Error::Input(format!(
+        // The model's own template with its real BOS / EOS text; a BOS the template writes is
+        // dropped when the tokenizer adds one (as llama.cpp does), so there is exactly one.
+        let ids = if chat {
+            if self.tokenizer.chat_template().is_none() {
+                return Err(Error::Input(format!(
                     "{}: the model has no chat template",
                     self.model_path.display()
-                ))
-            })?;
-            chat::render(template, &[Message::new("user", prompt)], true, "", "")?
+                )));
+            }
+            self.tokenizer.encode_chat(&[("user", prompt)], true)?
         } else {
-            prompt.to_owned()
+            self.tokenizer.encode(prompt, true)?
         };
-        let ids = self.tokenizer.encode(&text, true)?;
         let limit = self.model.config().context_length;
         if ids.len() > limit || (ids.len() == limit && opts.max_new_tokens > 0) {
             return Err(Error::Input(format!(
