@@ -10,6 +10,7 @@ mod default_model;
 mod ensemble;
 mod error;
 mod generate;
+mod gguf;
 mod handles;
 mod lora;
 mod metrics;
@@ -35,5 +36,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     score::register(m)?;
     generate::register(m)?;
     metrics::register(m)?;
+    gguf::register(m)?;
     Ok(())
 }

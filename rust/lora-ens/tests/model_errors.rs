@@ -88,10 +88,7 @@ fn truncated_file() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = fs::read(fixture("tiny-q4_1.gguf")).unwrap();
     // Cut inside the tensor data, then inside the header.
-    for (cut, what) in [
-        (bytes.len() - 100, "truncated"),
-        (200, "cannot parse the header"),
-    ] {
+    for (cut, what) in [(bytes.len() - 100, "truncated"), (200, "truncated")] {
         let path = dir.path().join("cut.gguf");
         fs::write(&path, &bytes[..cut]).unwrap();
         let err = load(&path).unwrap_err();
