@@ -92,7 +92,11 @@ fn truncated_file() {
         let path = dir.path().join("cut.gguf");
         fs::write(&path, &bytes[..cut]).unwrap();
         let err = load(&path).unwrap_err();
-        assert!(matches!(err, Error::InvalidGguf { .. }), "{err}");
+        // A cut in the data names a tensor it leaves incomplete.
+        assert!(
+            matches!(err, Error::InvalidGguf { .. } | Error::Tensor { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains(what), "{err}");
     }
 }
