@@ -1,7 +1,8 @@
 //! Tests of the GGUF reader on small files built here byte by byte: a valid file reads back,
 //! then one malformed file per check (each asserting the typed error and that its message
 //! names the field or tensor), then seeded random mutations and truncations of the tiny
-//! fixture model, each of which must open or fail with a typed error, never panic.
+//! fixture model, each of which must open (and build its tokenizer and model) or fail with a
+//! typed error, never panic, within bounded time.
 //! Test: `cargo test -p lora-ens --lib gguf`.
 
 use std::path::{Path, PathBuf};
@@ -474,7 +475,8 @@ impl Rng {
     }
 }
 
-/// Open `path` and read every tensor both ways; any outcome but a panic is acceptable.
+/// Open `path`, read every tensor both ways, then build the tokenizer and the model from
+/// it; any outcome but a panic is acceptable.
 fn exercise(path: &Path) -> std::result::Result<usize, Error> {
     let g = GgufFile::open(path)?;
     let mut names: Vec<&String> = g.tensor_infos().keys().collect();
@@ -489,7 +491,10 @@ fn exercise(path: &Path) -> std::result::Result<usize, Error> {
         let _ = g.optional(key, GgufFile::string);
         let _ = g.optional(key, GgufFile::strings);
     }
-    Ok(g.tensor_infos().len())
+    // What the engine builds from the header must not panic either.
+    let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&g);
+    let model = crate::model::Llama::load(&mut { g }, &Device::Cpu);
+    Ok(usize::from(tokenizer.is_ok()) + usize::from(model.is_ok()))
 }
 
 #[test]
@@ -552,6 +557,8 @@ fn random_mutations_and_truncations_never_panic() {
                 Error::InvalidGguf { .. }
                 | Error::Tensor { .. }
                 | Error::Metadata { .. }
+                | Error::UnsupportedModel { .. }
+                | Error::Tokenizer(_)
                 | Error::Candle(_),
             ) => refused += 1,
             Err(other) => panic!("seed {seed}: unexpected error kind {other:?}"),
