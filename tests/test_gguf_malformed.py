@@ -8,6 +8,7 @@ it refuses each malformation with ``ModelLoadError`` naming the field or tensor.
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -181,19 +182,36 @@ def test_huge_array_count(small: Path) -> None:
     refused(small, "`tokenizer.ggml.tokens`", "cannot fit")
 
 
+def test_unknown_tensor_type(small: Path) -> None:
+    patch(small, lambda r: tensor(r, "c").parts[4].__setitem__(0, 99))
+    refused(small, "tensor `c`", "unknown ggml type id 99")
+
+
 @pytest.mark.parametrize(
-    ("type_id", "needle"),
+    ("qtype", "needle"),
     [
-        (99, "unknown ggml type id 99"),
-        (int(gguf.GGMLQuantizationType.IQ2_XXS), "IQ2_XXS"),
-        (int(gguf.GGMLQuantizationType.TQ1_0), "TQ1_0"),
-        (int(gguf.GGMLQuantizationType.MXFP4), "MXFP4"),
-        (int(gguf.GGMLQuantizationType.IQ4_XS), "IQ4_XS"),
+        # Blocks of 32 that fit in the Q8_0 data: the file opens, loading refuses the type.
+        (gguf.GGMLQuantizationType.MXFP4, "ggml type MXFP4 (id 39) is not supported"),
+        (gguf.GGMLQuantizationType.IQ4_NL, "ggml type IQ4_NL (id 20) is not supported"),
+        # Blocks of 256: a row of 64 is not a whole block, refused at open.
+        (gguf.GGMLQuantizationType.IQ2_XXS, "IQ2_XXS block size 256"),
+        (gguf.GGMLQuantizationType.TQ1_0, "TQ1_0 block size 256"),
     ],
 )
-def test_unknown_or_unsupported_tensor_type(small: Path, type_id: int, needle: str) -> None:
-    patch(small, lambda r: tensor(r, "c").parts[4].__setitem__(0, type_id))
-    refused(small, "tensor `c`", needle)
+def test_unsupported_tensor_type_in_a_model(
+    tiny_dir: Path, tmp_path: Path, qtype: gguf.GGMLQuantizationType, needle: str
+) -> None:
+    path = tmp_path / "model.gguf"
+    shutil.copy(tiny_dir / "tiny-q8_0.gguf", path)
+    patch(path, lambda r: tensor(r, "blk.0.attn_q.weight").parts[4].__setitem__(0, int(qtype)))
+    with pytest.raises(ModelLoadError) as info:
+        Model(str(path))
+    assert "tensor `blk.0.attn_q.weight`" in str(info.value)
+    assert needle in str(info.value)
+    if "not supported" in needle:
+        # The rest of the file stays readable, as gguf-py reads it.
+        assert_same_header(path)
+        assert Tokenizer.from_gguf(path).encode("hello")
 
 
 def test_truncated_tensor_data(small: Path) -> None:

@@ -157,9 +157,26 @@ impl GgufFile {
         })
     }
 
+    /// The type of tensor `name`: an error naming the tensor and its type when the engine
+    /// does not run that type (llama.cpp's IQ*, TQ*, MXFP4, Q8_1, ...).
+    pub fn tensor_dtype(&self, name: &str) -> Result<GgmlDType> {
+        let info = self.info(name)?;
+        info.dtype().ok_or_else(|| Error::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            reason: format!(
+                "ggml type {} (id {}) is not supported; supported: {}",
+                info.type_name(),
+                info.type_id,
+                header::supported_names()
+            ),
+        })
+    }
+
     /// The bytes of one tensor as stored (ggml block layout), borrowed from the map
     /// without copying, with its type and row-major dims.
     pub fn mapped_tensor(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, MappedBytes)> {
+        let dtype = self.tensor_dtype(name)?;
         let info = self.info(name)?;
         let bad = |what: &str| Error::Tensor {
             path: self.path.clone(),
@@ -173,7 +190,7 @@ impl GgufFile {
             start,
             len,
         };
-        Ok((info.dtype, info.dims.clone(), bytes))
+        Ok((dtype, info.dims.clone(), bytes))
     }
 
     /// Read one tensor (still quantized) onto `device` (copies the bytes into candle's

@@ -64,7 +64,7 @@ impl QWeight {
                 shape.0, shape.1
             )));
         }
-        let dtype = info.dtype;
+        let dtype = gguf.tensor_dtype(name)?;
         let storage = if device.is_cpu() && kernels::supports(dtype) {
             Storage::Host(gguf.mapped_tensor(name)?.2)
         } else {

@@ -8,9 +8,11 @@
 //! arrays nest at most [`MAX_ARRAY_DEPTH`] deep and hold at most [`MAX_METADATA_ELEMENTS`]
 //! elements in all; value types are known; metadata keys and tensor names are unique;
 //! `general.alignment` is a `u32` nonzero power of two (default 32); tensors have 1 to 4
-//! nonzero dimensions whose product does not overflow, a known and supported ggml type, a
+//! nonzero dimensions whose product does not overflow, a ggml type llama.cpp defines, a
 //! row length that is a whole number of blocks, an aligned offset, and data inside the file
-//! (checked arithmetic) not overlapping another tensor's.
+//! (checked arithmetic) not overlapping another tensor's. A type the engine does not run
+//! (IQ*, TQ*, MXFP4, ...) is refused when that tensor is read, naming it, so the rest of
+//! such a file (its tokenizer, say) stays readable.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,10 +38,10 @@ pub const FIXED_HEADER_BYTES: u64 = 24;
 /// One entry of the tensor directory, validated against the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
-    /// The ggml block type (one the engine supports).
-    pub dtype: GgmlDType,
-    /// llama.cpp's id of that type.
+    /// llama.cpp's id of the tensor's ggml type.
     pub type_id: u32,
+    /// That type: name, block layout and candle's type when the engine runs it.
+    pub ggml_type: GgmlType,
     /// Dimensions in row-major order (`[rows, cols]` for a matrix): GGUF's `ne` reversed.
     pub dims: Vec<usize>,
     /// Offset of the data from the start of the data section, as the directory lists it.
@@ -58,7 +60,12 @@ impl TensorInfo {
 
     /// llama.cpp's name of the tensor's type (`Q4_1`).
     pub fn type_name(&self) -> &'static str {
-        ggml_type(self.type_id).map_or("?", |t| t.name)
+        self.ggml_type.name
+    }
+
+    /// candle's type of the tensor, `None` when the engine does not run its type.
+    pub fn dtype(&self) -> Option<GgmlDType> {
+        self.ggml_type.dtype
     }
 }
 
@@ -80,7 +87,7 @@ pub struct Header {
 /// A ggml tensor type llama.cpp defines: its name, block size (elements) and block bytes
 /// (gguf-py's `GGMLQuantizationType` and `GGML_QUANT_SIZES`), and candle's type when the
 /// engine runs it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GgmlType {
     /// llama.cpp's name (`Q4_K`, `IQ2_XXS`).
     pub name: &'static str,
@@ -143,7 +150,7 @@ pub fn ggml_type(id: u32) -> Option<GgmlType> {
 }
 
 /// The names of the types the engine runs, for error messages.
-fn supported_names() -> String {
+pub fn supported_names() -> String {
     (0..64)
         .filter_map(ggml_type)
         .filter(|t| t.dtype.is_some())
@@ -441,13 +448,6 @@ pub fn parse(buf: &[u8], path: &Path) -> Result<Header> {
         let Some(ty) = ggml_type(type_id) else {
             return Err(fail(format!("unknown ggml type id {type_id}")));
         };
-        let Some(dtype) = ty.dtype else {
-            return Err(fail(format!(
-                "ggml type {} (id {type_id}) is not supported; supported: {}",
-                ty.name,
-                supported_names()
-            )));
-        };
         if let Some(pos) = ne.iter().position(|&d| d == 0) {
             return Err(fail(format!("dimension {pos} of {ne:?} is zero")));
         }
@@ -488,8 +488,8 @@ pub fn parse(buf: &[u8], path: &Path) -> Result<Header> {
         tensors.insert(
             name,
             TensorInfo {
-                dtype,
                 type_id,
+                ggml_type: ty,
                 dims,
                 offset,
                 start,

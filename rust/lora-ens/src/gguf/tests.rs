@@ -103,6 +103,14 @@ impl Builder {
         self.info(name, ne, F32, offset as u64)
     }
 
+    /// A tensor of any type: its directory entry and `bytes` zero bytes of data, at the
+    /// next 32-byte offset.
+    fn zero_tensor(mut self, name: &str, ne: &[u64], ty: u32, bytes: usize) -> Self {
+        let offset = self.data.len().next_multiple_of(32);
+        self.data.resize(offset + bytes, 0);
+        self.info(name, ne, ty, offset as u64)
+    }
+
     fn header(&self) -> Vec<u8> {
         let mut out = b"GGUF".to_vec();
         out.extend(self.version.to_le_bytes());
@@ -179,9 +187,10 @@ fn valid_file_reads_back() {
     let info = &g.tensor_infos()["w"];
     assert_eq!(info.dims(), [2, 4]);
     assert_eq!(
-        (info.dtype, info.offset, info.bytes),
-        (GgmlDType::F32, 0, 32)
+        (info.dtype(), info.offset, info.bytes),
+        (Some(GgmlDType::F32), 0, 32)
     );
+    assert_eq!(info.type_name(), "F32");
     let (dtype, dims, raw) = g.raw_tensor("w").unwrap();
     assert_eq!((dtype, dims), (GgmlDType::F32, vec![2, 4]));
     let floats: Vec<f32> = raw
@@ -367,23 +376,44 @@ fn unknown_and_unsupported_tensor_types_are_named() {
     let (tensor, msg) = tensor_error(&valid().info("q", &[256], 99, 64).build());
     assert_eq!(tensor, "q");
     assert!(msg.contains("unknown ggml type id 99"), "{msg}");
-    for (id, name) in [
-        (16, "IQ2_XXS"),
-        (19, "IQ1_S"),
-        (23, "IQ4_XS"),
-        (34, "TQ1_0"),
-        (35, "TQ2_0"),
-        (39, "MXFP4"),
-        (9, "Q8_1"),
+    // Types llama.cpp defines but the engine does not run: the file opens (its metadata and
+    // other tensors stay readable) and reading that tensor names it and its type.
+    for (id, name, bytes) in [
+        (16, "IQ2_XXS", 66),
+        (19, "IQ1_S", 50),
+        (23, "IQ4_XS", 136),
+        (34, "TQ1_0", 54),
+        (35, "TQ2_0", 66),
+        (39, "MXFP4", 8 * 17),
+        (9, "Q8_1", 8 * 40),
     ] {
-        let (tensor, msg) =
-            tensor_error(&valid().info("blk.0.ffn_up.weight", &[256], id, 64).build());
-        assert_eq!(tensor, "blk.0.ffn_up.weight");
-        assert!(
-            msg.contains(&format!("ggml type {name} (id {id}) is not supported")),
-            "{msg}"
+        let t = "blk.0.ffn_up.weight";
+        let b = valid().zero_tensor(t, &[256], id, bytes as usize);
+        let g = open_bytes(&b.build()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = &g.tensor_infos()[t];
+        assert_eq!(
+            (info.type_name(), info.dtype(), info.bytes),
+            (name, None, bytes)
         );
-        assert!(msg.contains("Q4_K"), "lists the supported types: {msg}");
+        assert!(g.raw_tensor("w").is_ok());
+        let errors = [
+            g.raw_tensor(t).map(drop),
+            g.mapped_tensor(t).map(drop),
+            g.tensor(t, &Device::Cpu).map(drop),
+            g.tensor_dtype(t).map(drop),
+        ];
+        for err in errors {
+            let msg = match err {
+                Err(e @ Error::Tensor { .. }) => e.to_string(),
+                other => panic!("{name}: expected a tensor error, got {other:?}"),
+            };
+            assert!(msg.contains(&format!("`{t}`")), "{msg}");
+            assert!(
+                msg.contains(&format!("ggml type {name} (id {id}) is not supported")),
+                "{msg}"
+            );
+            assert!(msg.contains("Q4_K"), "lists the supported types: {msg}");
+        }
     }
 }
 
@@ -394,6 +424,7 @@ fn supported_types_match_candles_block_layout() {
             continue;
         };
         if let Some(dtype) = t.dtype {
+            assert_eq!(t.name, format!("{dtype:?}").replace("K", "_K"));
             assert_eq!(t.block as usize, dtype.block_size(), "{}", t.name);
             assert_eq!(t.block_bytes as usize, dtype.type_size(), "{}", t.name);
         }
