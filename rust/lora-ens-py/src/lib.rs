@@ -10,6 +10,7 @@ mod default_model;
 mod ensemble;
 mod error;
 mod generate;
+mod gguf;
 mod handles;
 mod lora;
 mod metrics;
@@ -37,5 +38,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     generate::register(m)?;
     metrics::register(m)?;
     weights::register(m)?;
+    gguf::register(m)?;
     Ok(())
 }

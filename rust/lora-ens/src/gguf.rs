@@ -1,82 +1,121 @@
-//! Reading GGUF files: the header (metadata and tensor directory) through candle's
-//! `gguf_file`, with every failure turned into a typed [`Error`] naming the file, key or
-//! tensor. A file whose tensor data is cut short is refused at open, not at first use.
+//! Reading GGUF files: the header (metadata and tensor directory) parsed and validated by
+//! [`header`], the tensor data memory-mapped read-only and lent out without copying.
+//! Every failure is a typed [`Error`] naming the file, key or tensor; a file whose tensor
+//! data is cut short is refused at open, not at first use.
+//!
+//! The mapping has the property llama.cpp's has: if the file is truncated or rewritten by
+//! another process while it is mapped, touching the missing pages raises SIGBUS. Sizes are
+//! checked at open against the file as it was then; do not modify a model file in use.
+
+pub mod header;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::Device;
-use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+/// A metadata value (candle's type, re-exported for callers of [`GgufFile::metadata`]).
+pub use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
+use memmap2::Mmap;
+
+pub use header::TensorInfo;
+use header::{FIXED_HEADER_BYTES, Header};
 
 use crate::{Error, Result};
 
-/// An open GGUF file: its parsed header and a reader for its tensor data.
+/// A read-only byte range of a memory-mapped file, kept alive by a shared handle to the
+/// mapping (so weights borrow the file's pages instead of copying them).
+#[derive(Clone)]
+pub struct MappedBytes {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl MappedBytes {
+    /// The bytes (empty if the range were ever outside the map; [`GgufFile::open`] checks
+    /// every tensor's range, so it is not).
+    pub fn as_slice(&self) -> &[u8] {
+        self.start
+            .checked_add(self.len)
+            .and_then(|end| self.map.get(self.start..end))
+            .unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for MappedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::fmt::Debug for MappedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedBytes({}..{})", self.start, self.start + self.len)
+    }
+}
+
+/// An open GGUF file: its validated header and a read-only map of its bytes.
 pub struct GgufFile {
     path: PathBuf,
-    content: Content,
-    reader: BufReader<File>,
+    map: Arc<Mmap>,
+    header: Header,
 }
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
-            .field("tensors", &self.content.tensor_infos.len())
-            .field("metadata", &self.content.metadata.len())
+            .field("version", &self.header.version)
+            .field("tensors", &self.header.tensors.len())
+            .field("metadata", &self.header.metadata.len())
             .finish()
     }
 }
 
 impl GgufFile {
-    /// Open and validate a GGUF file: magic, version, header, and that the file is long
-    /// enough to hold every tensor its directory lists.
+    /// Open and validate a GGUF file (see [`header`] for the checks): magic, version,
+    /// header, and that every tensor the directory lists lies inside the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        let mut reader = BufReader::new(file);
-        let invalid = |reason: String| Error::InvalidGguf {
-            path: path.clone(),
-            reason,
-        };
-        let mut magic = [0u8; 4];
-        std::io::Read::read_exact(&mut reader, &mut magic)
-            .map_err(|_| invalid(format!("file is {file_len} bytes, too short for a header")))?;
-        if &magic != b"GGUF" {
-            return Err(invalid(format!(
-                "bad magic {magic:02x?} (expected \"GGUF\")"
-            )));
+        if file_len < FIXED_HEADER_BYTES {
+            // Too short to map usefully: read what is there for the magic check's message.
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            return Err(match header::parse(&bytes, &path) {
+                Err(e) => e,
+                Ok(_) => Error::InvalidGguf {
+                    path: path.clone(),
+                    reason: format!("truncated: the file is {file_len} bytes"),
+                },
+            });
         }
-        reader.rewind().map_err(|e| Error::io(&path, e))?;
-        let content = Content::read(&mut reader).map_err(|e| {
-            invalid(format!(
-                "cannot parse the header (truncated or corrupt): {e}"
-            ))
-        })?;
-        let need = content
-            .tensor_infos
-            .iter()
-            .map(|(name, info)| {
-                Ok(content.tensor_data_offset + info.offset + tensor_bytes(name, info, &path)?)
-            })
-            .collect::<Result<Vec<u64>>>()?
-            .into_iter()
-            .max()
-            // With no tensors there is no data section: a vocabulary-only file ends right
-            // after its header, before the alignment padding (llama.cpp and gguf-py accept it).
-            .unwrap_or(0);
-        if need > file_len {
-            return Err(invalid(format!(
-                "truncated: the tensors need {need} bytes, the file has {file_len}"
-            )));
+        // SAFETY: the map is read-only and private to this process. Its contents could
+        // still change if another process truncates or rewrites the file while it is
+        // mapped (then reads may see new bytes or raise SIGBUS); the module's doc states
+        // this, and no Rust invariant depends on the bytes: they are parsed with checks.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        if map.len() as u64 != file_len {
+            return Err(Error::InvalidGguf {
+                path,
+                reason: format!(
+                    "the file changed while being opened ({file_len} bytes, then {})",
+                    map.len()
+                ),
+            });
         }
+        let header = header::parse(&map, &path)?;
         Ok(Self {
             path,
-            content,
-            reader,
+            map: Arc::new(map),
+            header,
         })
     }
 
@@ -85,75 +124,111 @@ impl GgufFile {
         &self.path
     }
 
-    /// The parsed header (candle's type), for code that needs raw access.
-    pub fn content(&self) -> &Content {
-        &self.content
+    /// GGUF version of the file (2 or 3).
+    pub fn version(&self) -> u32 {
+        self.header.version
+    }
+
+    /// Offset of the data section from the start of the file.
+    pub fn data_offset(&self) -> u64 {
+        self.header.data_offset
     }
 
     /// All metadata key/value pairs.
     pub fn metadata(&self) -> &HashMap<String, Value> {
-        &self.content.metadata
+        &self.header.metadata
     }
 
     /// The tensor directory.
     pub fn tensor_infos(&self) -> &HashMap<String, TensorInfo> {
-        &self.content.tensor_infos
+        &self.header.tensors
     }
 
     /// Whether a tensor of that name exists.
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.header.tensors.contains_key(name)
     }
 
-    /// Read one tensor (still quantized) onto `device`.
-    pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
-        if !self.has_tensor(name) {
-            return Err(Error::Tensor {
-                path: self.path.clone(),
-                tensor: name.to_owned(),
-                reason: "missing from the file".to_owned(),
-            });
-        }
-        self.content
-            .tensor(&mut self.reader, name, device)
-            .map_err(|e| Error::Tensor {
-                path: self.path.clone(),
-                tensor: name.to_owned(),
-                reason: format!("cannot read: {e}"),
-            })
-    }
-
-    /// The raw bytes of one tensor as stored (ggml block layout), with its type and its
-    /// dims in row-major order (`[rows, cols]` for a matrix).
-    pub fn raw_tensor(&mut self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| Error::Tensor {
-                path: self.path.clone(),
-                tensor: name.to_owned(),
-                reason: "missing from the file".to_owned(),
-            })?;
-        let (dtype, dims) = (info.ggml_dtype, info.shape.dims().to_vec());
-        let len = tensor_bytes(name, info, &self.path)? as usize;
-        let start = self.content.tensor_data_offset + info.offset;
-        let mut data = vec![0u8; len];
-        let read = |reader: &mut BufReader<File>, data: &mut [u8]| -> std::io::Result<()> {
-            reader.seek(std::io::SeekFrom::Start(start))?;
-            std::io::Read::read_exact(reader, data)
-        };
-        read(&mut self.reader, &mut data).map_err(|e| Error::Tensor {
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.header.tensors.get(name).ok_or_else(|| Error::Tensor {
             path: self.path.clone(),
             tensor: name.to_owned(),
-            reason: format!("cannot read {len} bytes at offset {start}: {e}"),
-        })?;
-        Ok((dtype, dims, data))
+            reason: "missing from the file".to_owned(),
+        })
+    }
+
+    /// The type of tensor `name`: an error naming the tensor and its type when the engine
+    /// does not run that type (llama.cpp's IQ*, TQ*, MXFP4, Q8_1, ...).
+    pub fn tensor_dtype(&self, name: &str) -> Result<GgmlDType> {
+        let info = self.info(name)?;
+        info.dtype().ok_or_else(|| Error::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            reason: format!(
+                "ggml type {} (id {}) is not supported; supported: {}",
+                info.type_name(),
+                info.type_id,
+                header::supported_names()
+            ),
+        })
+    }
+
+    /// The bytes of one tensor as stored (ggml block layout), borrowed from the map
+    /// without copying, with its type and row-major dims.
+    pub fn mapped_tensor(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, MappedBytes)> {
+        let dtype = self.tensor_dtype(name)?;
+        let info = self.info(name)?;
+        let bad = |what: &str| Error::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            reason: format!("{what} does not fit in memory on this platform"),
+        };
+        let start = usize::try_from(info.start).map_err(|_| bad("the data offset"))?;
+        let len = usize::try_from(info.bytes).map_err(|_| bad("the data size"))?;
+        let bytes = MappedBytes {
+            map: Arc::clone(&self.map),
+            start,
+            len,
+        };
+        Ok((dtype, info.dims.clone(), bytes))
+    }
+
+    /// Read one tensor (still quantized) onto `device` (copies the bytes into candle's
+    /// storage: for the GPU path and the block types the CPU kernels do not handle).
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let (dtype, dims, bytes) = self.mapped_tensor(name)?;
+        // candle views the bytes as blocks of f16/f32 fields: give it an 8-byte aligned
+        // copy when an alignment below 8 left the mapped bytes unaligned.
+        let aligned;
+        let data: &[u8] = if (bytes.as_ptr() as usize) % 8 == 0 {
+            &bytes
+        } else {
+            let mut words = vec![0u64; bytes.len().div_ceil(8)];
+            let view: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+            view.get_mut(..bytes.len())
+                .unwrap_or_default()
+                .copy_from_slice(&bytes);
+            aligned = words;
+            bytemuck::cast_slice(&aligned)
+        };
+        qtensor_from_ggml(dtype, data, dims, device).map_err(|e| Error::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            reason: format!("cannot read: {e}"),
+        })
+    }
+
+    /// The raw bytes of one tensor as stored (ggml block layout), copied, with its type
+    /// and its dims in row-major order (`[rows, cols]` for a matrix). The model path uses
+    /// [`GgufFile::mapped_tensor`], which does not copy.
+    pub fn raw_tensor(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, Vec<u8>)> {
+        let (dtype, dims, bytes) = self.mapped_tensor(name)?;
+        Ok((dtype, dims, bytes.to_vec()))
     }
 
     /// A metadata value, or an error naming the missing key.
     pub fn value(&self, key: &str) -> Result<&Value> {
-        self.content
+        self.header
             .metadata
             .get(key)
             .ok_or_else(|| Error::Metadata {
@@ -224,27 +299,10 @@ impl GgufFile {
         key: &str,
         get: impl FnOnce(&Self, &str) -> Result<T>,
     ) -> Result<Option<T>> {
-        if self.content.metadata.contains_key(key) {
+        if self.header.metadata.contains_key(key) {
             get(self, key).map(Some)
         } else {
             Ok(None)
         }
     }
-}
-
-/// Size in bytes of a tensor's data, from its ggml type and shape.
-fn tensor_bytes(name: &str, info: &TensorInfo, path: &Path) -> Result<u64> {
-    let elems = info.shape.elem_count();
-    let block = info.ggml_dtype.block_size();
-    if elems % block != 0 {
-        return Err(Error::Tensor {
-            path: path.to_path_buf(),
-            tensor: name.to_owned(),
-            reason: format!(
-                "{elems} elements is not a multiple of the {:?} block size {block}",
-                info.ggml_dtype
-            ),
-        });
-    }
-    Ok((elems / block * info.ggml_dtype.type_size()) as u64)
 }

@@ -8,8 +8,9 @@
 //! prompts, `score_choices` answer texts, `score_questions` dataset [`Question`]s or
 //! `generate` text. Everything a caller names is re-exported at the crate root; the
 //! modules that front ends also reach by path (`data`, `metrics`, `prompt`, `questions`,
-//! `score`, `weights`, ...) are public with the same items. The model's internals (GGUF reading,
-//! quantized kernels, the multi-adapter layer, the tokenizer's parts) are private.
+//! `score`, `weights`, ...) are public with the same items, and so is the validating GGUF reader
+//! (`gguf`). The model's other internals (quantized kernels, the multi-adapter layer, the
+//! tokenizer's parts) are private.
 
 #![deny(missing_docs)]
 
@@ -21,7 +22,7 @@ pub mod device;
 pub mod ensemble;
 mod error;
 pub mod generate;
-mod gguf;
+pub mod gguf;
 pub mod hash;
 pub mod interrupt;
 pub mod io;

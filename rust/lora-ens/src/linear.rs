@@ -1,12 +1,13 @@
 //! Quantized weight matrices kept in their GGUF block format, with the two products the
 //! model needs: `x W^T` (a linear layer) and gathering rows (embedding lookup, label rows
 //! of the lm_head). On CPU a matrix is dequantized into a scratch buffer just before its
-//! GEMM, so memory holds the quantized model while arithmetic runs at f32 GEMM speed.
+//! GEMM, so memory holds the quantized model while arithmetic runs at f32 GEMM speed. The
+//! host blocks are borrowed from the GGUF file's read-only memory map, not copied.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, MappedBytes};
 use crate::{Error, Result, kernels};
 
 /// Rows of the scratch buffer dequantized at once for very tall matrices (the lm_head):
@@ -14,8 +15,8 @@ use crate::{Error, Result, kernels};
 const CHUNK_ROWS: usize = 8192;
 
 enum Storage {
-    /// Raw ggml blocks in host memory, dequantized by [`kernels`].
-    Host(Vec<u8>),
+    /// Raw ggml blocks in the GGUF file's read-only map, dequantized by [`kernels`].
+    Host(MappedBytes),
     /// candle's quantized tensor: other block types (K-quants) or a GPU device.
     Candle(QTensor),
 }
@@ -56,16 +57,16 @@ impl QWeight {
             .tensor_infos()
             .get(name)
             .ok_or_else(|| bad("missing from the file".to_owned()))?;
-        let dims = info.shape.dims().to_vec();
+        let dims = info.dims().to_vec();
         if dims != [shape.0, shape.1] {
             return Err(bad(format!(
                 "shape {dims:?}, expected [{}, {}]",
                 shape.0, shape.1
             )));
         }
-        let dtype = info.ggml_dtype;
+        let dtype = gguf.tensor_dtype(name)?;
         let storage = if device.is_cpu() && kernels::supports(dtype) {
-            Storage::Host(gguf.raw_tensor(name)?.2)
+            Storage::Host(gguf.mapped_tensor(name)?.2)
         } else {
             Storage::Candle(gguf.tensor(name, device)?)
         };

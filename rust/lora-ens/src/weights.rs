@@ -23,7 +23,7 @@ pub fn engine_dequantizes(dtype: GgmlDType) -> bool {
 /// [`engine_dequantizes`], or its rows are not a whole number of blocks; the errors of
 /// opening a GGUF otherwise.
 pub fn read_tensor_f32(path: impl AsRef<Path>, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-    let mut gguf = GgufFile::open(path)?;
+    let gguf = GgufFile::open(path)?;
     let (dtype, dims, data) = gguf.raw_tensor(name)?;
     let bad = |reason: String| Error::Tensor {
         path: gguf.path().to_path_buf(),

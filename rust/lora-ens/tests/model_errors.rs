@@ -88,14 +88,15 @@ fn truncated_file() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = fs::read(fixture("tiny-q4_1.gguf")).unwrap();
     // Cut inside the tensor data, then inside the header.
-    for (cut, what) in [
-        (bytes.len() - 100, "truncated"),
-        (200, "cannot parse the header"),
-    ] {
+    for (cut, what) in [(bytes.len() - 100, "truncated"), (200, "truncated")] {
         let path = dir.path().join("cut.gguf");
         fs::write(&path, &bytes[..cut]).unwrap();
         let err = load(&path).unwrap_err();
-        assert!(matches!(err, Error::InvalidGguf { .. }), "{err}");
+        // A cut in the data names a tensor it leaves incomplete.
+        assert!(
+            matches!(err, Error::InvalidGguf { .. } | Error::Tensor { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains(what), "{err}");
     }
 }
