@@ -592,3 +592,51 @@ def write_vocab_gguf(model_dir: str | os.PathLike[str], out: str | os.PathLike[s
         return lambda writer: None
 
     return _atomic_gguf(Path(out), ckpt.arch, fill)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parser():
+    """The argument parser of ``lora-ens-rs convert``."""
+    import argparse
+
+    from lora_ens_rs.cli import subcommand_about
+
+    ap = argparse.ArgumentParser(
+        prog="lora-ens-rs convert", description=subcommand_about("convert")
+    )
+    ap.add_argument("model_dir", metavar="HF_DIR", help="the Hugging Face model directory")
+    ap.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write")
+    ap.add_argument(
+        "--type", dest="out_type", choices=OUT_TYPES, default="f16", help="tensor type (default: f16)"
+    )
+    ap.add_argument(
+        "--no-overwrite", action="store_true", help="refuse to replace an existing OUT.gguf"
+    )
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    """Run ``lora-ens-rs convert`` with ``argv`` (without the ``convert``); the exit code.
+
+    Example:
+        >>> main(["Qwen3-0.6B/", "qwen3-0.6b-q8_0.gguf", "--type", "q8_0"])
+        0
+    """
+    from lora_ens_rs.cli import EXIT_OK, run_subcommand
+
+    def run(args) -> int:
+        out = convert(
+            args.model_dir,
+            args.out,
+            args.out_type,
+            progress=not args.quiet,
+            overwrite=not args.no_overwrite,
+        )
+        print(out)
+        return EXIT_OK
+
+    return run_subcommand(parser(), run, argv)
