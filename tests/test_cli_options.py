@@ -41,9 +41,7 @@ def test_help_lists_every_subcommand() -> None:
     assert out.returncode == 0, out.stderr
     listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")}
     names = [name for name, _, _ in _core.cli_subcommands()]
-    assert names == [
-        "fetch-model", "infer", "generate", "train", "eval", "experiment", "convert"
-    ]
+    assert names == ["fetch-model", "infer", "generate", "train", "eval", "experiment", "convert"]
     assert set(names) <= listed, out.stdout
 
 

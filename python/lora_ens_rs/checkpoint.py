@@ -221,4 +221,3 @@ def _read_header(file: Path) -> dict[str, _Entry]:
             raise ModelLoadError(f"{file}: tensor {name!r} has inconsistent data offsets")
         entries[name] = _Entry(file, dtype, shape, base + start, end - start)
     return entries
-

@@ -141,8 +141,10 @@ def llama3_rope_factors(config: dict[str, Any]) -> np.ndarray:
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """Q/K rows from HF's rotate-half layout to llama.cpp's interleaved pairs, per head."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-        w.shape
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
     )
 
 
@@ -610,7 +612,11 @@ def parser():
     ap.add_argument("model_dir", metavar="HF_DIR", help="the Hugging Face model directory")
     ap.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write")
     ap.add_argument(
-        "--type", dest="out_type", choices=OUT_TYPES, default="f16", help="tensor type (default: f16)"
+        "--type",
+        dest="out_type",
+        choices=OUT_TYPES,
+        default="f16",
+        help="tensor type (default: f16)",
     )
     ap.add_argument(
         "--no-overwrite", action="store_true", help="refuse to replace an existing OUT.gguf"
