@@ -629,7 +629,9 @@ def main(argv: list[str]) -> int:
     """Run ``lora-ens-rs convert`` with ``argv`` (without the ``convert``); the exit code.
 
     Example:
-        >>> main(["Qwen3-0.6B/", "qwen3-0.6b-q8_0.gguf", "--type", "q8_0"])
+        >>> hf_dir = str(Path(tiny_tokenizer_json).parent)  # the tiny model's checkpoint
+        >>> main([hf_dir, "tiny-q8_0.gguf", "--type", "q8_0", "--quiet"])
+        tiny-q8_0.gguf
         0
     """
     from lora_ens_rs.cli import EXIT_OK, run_subcommand
