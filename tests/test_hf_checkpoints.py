@@ -400,3 +400,29 @@ def test_unknown_llama3_rope_factors_are_refused_for_training(tmp_path: Path) ->
     writer.close()
     with pytest.raises(lora_ens_rs.ModelLoadError, match=r"rope_freqs.*HF_DIR"):
         hf_config_from_gguf(out)
+
+
+def test_training_in_bfloat16(tmp_path: Path, monkeypatch) -> None:
+    """``--dtype bfloat16``: the frozen base computes in bf16, the adapters stay fp32, and the
+    engine loads and scores the members on a conversion of the checkpoint."""
+    from lora_ens_rs.train.base import load_base
+
+    monkeypatch.setenv("LORA_ENS_RS_CACHE", str(tmp_path / "cache"))
+    hf = fixture_root() / "qwen3" / "hf"
+    if not hf.is_dir():
+        pytest.skip("the qwen3 fixture is written by the tests above")
+    base = load_base(hf, dtype="bfloat16", cache_root=tmp_path / "cache")
+    assert {p.dtype for p in base.model.parameters()} == {torch.bfloat16}
+    from lora_ens_rs.train import cli
+
+    out = tmp_path / "ens"
+    code = cli.main(
+        [str(CSQA), "--model", str(hf), "--out", str(out), "--members", "2", "--limit", "9",
+         "--epochs", "1", "--batch-size", "4", "--scoring", "choices", "--dtype", "bfloat16",
+         "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    manifest = json.loads((out / "ensemble.json").read_text())
+    assert manifest["training"]["dtype"] == "bfloat16"
+    probs = engine_member_probs(convert(hf, tmp_path / "m.gguf", "f32"), out, questions(4))
+    assert np.isfinite(probs).all()

@@ -24,8 +24,9 @@ Architectures: those the engine runs (``llama``: LLaMA-2/3.x, Mistral; ``qwen2``
 
 Text is always tokenized with the engine's tokenizer (:class:`lora_ens_rs.Tokenizer`), read
 from the GGUF, or for a checkpoint from the tokenizer metadata ``lora-ens-rs convert`` writes
-(a vocabulary-only GGUF cached under ``<cache_dir>/train-vocab/``), so training and the
-engine's scorer build the same token ids, BOS included.
+(a vocabulary-only GGUF cached under ``<cache_dir>/train-vocab/``, keyed by the sha256 of
+the tokenizer files), so training and the engine's scorer build the same token ids, BOS
+included.
 """
 
 from __future__ import annotations
@@ -247,12 +248,34 @@ def hf_config_from_gguf(path: str | os.PathLike[str]) -> dict[str, object]:
     return config
 
 
-def _vocab_gguf(directory: Path, checkpoint_sha: str, cache_root: Path | None) -> Path:
-    """The checkpoint's vocabulary-only GGUF, cached by its content hash."""
+#: The files a checkpoint's tokenizer metadata is read from (the vocabulary cache's key).
+TOKENIZER_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def _vocab_gguf(directory: Path, cache_root: Path | None) -> Path:
+    """The checkpoint's vocabulary-only GGUF, cached by the sha256 of its tokenizer files."""
+    import hashlib
+
     from lora_ens_rs.convert import write_vocab_gguf
 
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = directory / name
+        data = f.read_bytes() if f.is_file() else b""
+        h.update(f"{name}\t{len(data) if f.is_file() else -1}\n".encode() + data)
     root = cache_root if cache_root is not None else Path(_core.cache_dir())
-    target = root / VOCAB_SUBDIR / f"{checkpoint_sha}.gguf"
+    target = root / VOCAB_SUBDIR / f"{h.hexdigest()}.gguf"
     if not target.is_file():
         try:
             write_vocab_gguf(directory, target)
@@ -313,7 +336,7 @@ def load_base(
 
         checkpoint = Checkpoint.open(p)
         checkpoint_sha = checkpoint.sha256()
-        tokenizer = _core.Tokenizer.from_gguf(_vocab_gguf(p, checkpoint_sha, root))
+        tokenizer = _core.Tokenizer.from_gguf(_vocab_gguf(p, root))
         try:
             model = _from_pretrained(p, torch_type)
         except (OSError, ValueError) as e:
