@@ -202,7 +202,10 @@ class LoraAdapter:
     def __repr__(self) -> str: ...
 
 def load_adapters(
-    paths: Sequence[str | os.PathLike[str]], model: Model, base_sha256: str | None = None
+    paths: Sequence[str | os.PathLike[str]],
+    model: Model,
+    base_sha256: str | None = None,
+    base_source_sha256: str | None = None,
 ) -> list[LoraAdapter]:
     """Load adapters for ``model`` from PEFT adapter and ensemble (``ensemble.json``) dirs."""
 
@@ -223,6 +226,7 @@ class EnsembleManifest:
         validation: Any = None,
         version: str | None = None,
         extra: dict[str, Any] | None = None,
+        base_model_checkpoint_sha256: str | None = None,
     ) -> None: ...
     @staticmethod
     def load(path: str | os.PathLike[str]) -> EnsembleManifest: ...
@@ -236,6 +240,8 @@ class EnsembleManifest:
     def base_model_path(self) -> str | None: ...
     @property
     def base_model_sha256(self) -> str | None: ...
+    @property
+    def base_model_checkpoint_sha256(self) -> str | None: ...
     @property
     def labels(self) -> list[str] | None: ...
     @property

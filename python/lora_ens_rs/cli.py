@@ -2,7 +2,8 @@
 
 The table of subcommands is the Rust parser's (``rust/lora-ens-cli``; ``lora-ens-rs --help``
 lists all of them): ``fetch-model``, ``infer`` and ``generate`` run in that same Rust code
-through ``_core.cli_main``; ``train``, ``eval`` and ``experiment`` need torch and run here.
+through ``_core.cli_main``; ``train``, ``eval``, ``experiment`` and ``convert`` need torch and
+run here.
 Options several subcommands share (``--model``, ``--adapters``, ``--limit``, ...) are defined
 once, in ``rust/lora-ens-cli/src/options.rs``; :func:`add_shared_options` adds them to an
 argparse parser. Exit status everywhere: 0 success, 1 error (one line ``error: ...`` on
@@ -36,6 +37,7 @@ PYTHON_MAIN = {
     "train": "lora_ens_rs.train.cli",
     "eval": "lora_ens_rs.eval_cli",
     "experiment": "lora_ens_rs.experiment",
+    "convert": "lora_ens_rs.convert",
 }
 
 

@@ -124,9 +124,17 @@ class TrainConfig:
     model: str | None = field(
         default=None,
         metadata=meta(
-            help="the base model: a GGUF file or a transformers model directory (default: the "
-            "default model, lora_ens_rs.default_model_path())",
+            help="the base model: a GGUF file or a Hugging Face checkpoint directory "
+            "(safetensors, config.json, tokenizer) of a llama, qwen2 or qwen3 model (default: "
+            "the default model, lora_ens_rs.default_model_path())",
             cli=SHARED_OWN_HELP,
+        ),
+    )
+    dtype: str = field(
+        default="float32",
+        metadata=meta(
+            help="dtype the frozen base model computes in",
+            cli={"choices": ["float32", "bfloat16", "float16"]},
         ),
     )
     members: int = field(

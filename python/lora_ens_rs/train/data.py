@@ -112,7 +112,9 @@ def encode_questions(
         if scoring == "labels":
             labels = list(q.get("labels") or [])
             prompt = _core.label_prompt(q["question"], choices, labels)
-            tokens = tokenizer.encode(prompt)
+            # As the engine's scorer: the prompt with the model's special tokens (BOS where
+            # its tokenizer adds one), each continuation without.
+            tokens = tokenizer.encode(prompt, add_special_tokens=True)
             t = len(tokens)
             out.append(
                 Example(
@@ -127,7 +129,7 @@ def encode_questions(
                 )
             )
             continue
-        context = tokenizer.encode(_core.choice_context(q["question"]))
+        context = tokenizer.encode(_core.choice_context(q["question"]), add_special_tokens=True)
         if not context:
             raise DataError(f"{source}: question {qid!r} has an empty context")
         tokens, segments = list(context), [0] * len(context)

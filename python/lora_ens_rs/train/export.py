@@ -104,6 +104,7 @@ def export_ensemble(
     *,
     base_path: str,
     base_sha256: str | None,
+    base_checkpoint_sha256: str | None = None,
     alpha: float,
     dropout: float,
     rslora: bool,
@@ -120,7 +121,10 @@ def export_ensemble(
         out: target directory.
         stack: the trained adapters.
         base_path: the base model's path (GGUF), recorded in the manifest and adapters.
-        base_sha256: its sha256 (the engine refuses other base models).
+        base_sha256: the GGUF's sha256 when the members were trained on a GGUF (the engine
+            then loads them on that file only).
+        base_checkpoint_sha256: the HF checkpoint's content hash when they were trained on a
+            checkpoint (the engine then loads them on any GGUF converted from it).
         alpha: LoRA alpha.
         dropout: LoRA dropout used in training.
         rslora: rank-stabilised scaling.
@@ -154,6 +158,7 @@ def export_ensemble(
         seeds=list(seeds),
         validation=validation,
         version=lora_ens_rs.__version__,
+        base_model_checkpoint_sha256=base_checkpoint_sha256,
     )
     check_writable(out, overwrite=overwrite)
     try:

@@ -365,7 +365,7 @@ def train_ensemble(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     train_q, val_q = load_questions(config, train, val)
-    base = load_base(config.model)
+    base = load_base(config.model, dtype=config.dtype)
     torch.manual_seed(config.seed)  # LoRA dropout masks
     trainer = _Trainer(config, base, train_q, val_q)
     if config.resume:
@@ -385,6 +385,7 @@ def train_ensemble(
             trainer.stack,
             base_path=base.path,
             base_sha256=base.sha256,
+            base_checkpoint_sha256=base.checkpoint_sha256,
             alpha=config.alpha,
             dropout=config.dropout,
             rslora=config.rslora,

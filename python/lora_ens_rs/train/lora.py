@@ -95,9 +95,10 @@ class MultiLoraLinear(nn.Module):
             raise InputError(
                 f"the leading axis ({x.shape[0]}) is not a multiple of the {m} members"
             )
-        xs = self.dropout(x).reshape(m, -1, x.shape[-1])
+        # The adapters stay fp32 on a bf16/fp16 base: the update is computed in fp32.
+        xs = self.dropout(x).reshape(m, -1, x.shape[-1]).to(a.dtype)
         delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2))
-        return y + (self.scaling * delta).reshape(y.shape)
+        return y + (self.scaling * delta).reshape(y.shape).to(y.dtype)
 
 
 class LoraStack:

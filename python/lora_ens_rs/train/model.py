@@ -138,10 +138,13 @@ class EnsembleModel:
         """
         h = self._layers(hidden_in, batch, self.first_layer, self.base.n_layer)
         h = self.base.decoder.norm(h)
+        head = self.base.lm_head.weight
+        if h.dtype != torch.float32:  # a bf16/fp16 base: scores in fp32
+            h, head = h.float(), head.float()
         scores, full = option_scores(
             h,
             batch,
-            self.base.lm_head.weight,
+            head,
             self.scoring,
             full_vocabulary=self.full_vocabulary,
         )

@@ -1,8 +1,8 @@
 //! The `lora-ens-rs` command line, as a library: the Rust binary (`main.rs`) and the Python
 //! console script (through `lora_ens_rs._core.cli_main`) both call [`run`], so they accept
 //! the same arguments and print the same output. [`Command`] is the one table of subcommands:
-//! `fetch-model`, `infer` ([`infer`]) and `generate` ([`generate`]) run here; `train`, `eval`
-//! and `experiment` need torch and run in the Python package, whose console script dispatches
+//! `fetch-model`, `infer` ([`infer`]) and `generate` ([`generate`]) run here; `train`, `eval`,
+//! `experiment` and `convert` need torch and run in the Python package, whose console script dispatches
 //! them before calling [`run`]. Options shared between subcommands are defined once, in
 //! [`options`]. Exit status: 0 success, 1 error (`error: <message>` on stderr), 2 usage error
 //! (the command line does not parse, or names a Python subcommand without the package), 130
@@ -26,7 +26,7 @@ use lora_ens::ensemble::Ensemble;
 use crate::options::ArgSpec;
 
 /// Subcommands implemented in Python (they need torch); the Rust binary points there.
-pub const PYTHON_SUBCOMMANDS: &[&str] = &["train", "eval", "experiment"];
+pub const PYTHON_SUBCOMMANDS: &[&str] = &["train", "eval", "experiment", "convert"];
 
 /// Exit status of a run that succeeded.
 pub const EXIT_OK: i32 = 0;
@@ -44,7 +44,7 @@ pub const EXIT_USAGE: i32 = 2;
 #[command(
     name = "lora-ens-rs",
     version = lora_ens::VERSION,
-    after_help = "train, eval and experiment need torch: they run in the Python package's \
+    after_help = "train, eval, experiment and convert need torch: they run in the Python package's \
                   `lora-ens-rs` (pip install 'lora-ens-rs[train]'), where \
                   `lora-ens-rs train --help` lists their options.\n\
                   Exit status: 0 on success, 1 on an error (one line `error: ...` on stderr), \
@@ -81,6 +81,10 @@ pub enum Command {
     /// results.md with plots. Python package, needs torch.
     #[command(disable_help_flag = true)]
     Experiment(PythonArgs),
+    /// Convert a Hugging Face checkpoint (safetensors + config + tokenizer) to a GGUF file for
+    /// the engine, f32 to K-quants, recording the checkpoint's identity. Python package.
+    #[command(disable_help_flag = true)]
+    Convert(PythonArgs),
 }
 
 impl Command {
@@ -90,6 +94,7 @@ impl Command {
             Command::Train(_) => Some("train"),
             Command::Eval(_) => Some("eval"),
             Command::Experiment(_) => Some("experiment"),
+            Command::Convert(_) => Some("convert"),
             Command::FetchModel { .. } | Command::Infer(_) | Command::Generate(_) => None,
         }
     }
@@ -231,7 +236,7 @@ pub fn execute(cli: Cli, ctx: &Context) -> lora_ens::Result<()> {
         }
         Command::Infer(args) => infer::run(&args, ctx),
         Command::Generate(args) => generate::run(&args, ctx),
-        Command::Train(_) | Command::Eval(_) | Command::Experiment(_) => {
+        Command::Train(_) | Command::Eval(_) | Command::Experiment(_) | Command::Convert(_) => {
             Err(lora_ens::Error::Input(format!(
                 "`{}` runs in the Python package (`python -m lora_ens_rs`)",
                 cli.command.python_name().unwrap_or_default()
@@ -295,7 +300,8 @@ mod tests {
                 "generate",
                 "train",
                 "eval",
-                "experiment"
+                "experiment",
+                "convert"
             ]
         );
         let python: Vec<String> = subcommands()

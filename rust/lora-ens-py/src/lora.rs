@@ -121,26 +121,35 @@ impl LoraAdapter {
 ///         lists member directories (relative to it); members come in manifest order.
 ///     model: the base model.
 ///     base_sha256: the sha256 of the base GGUF; an ensemble whose manifest records another
-///         is refused. ``None`` skips the check.
+///         base is refused. ``None`` skips the check.
+///     base_source_sha256: the content hash of the checkpoint the GGUF was converted from
+///         (its ``lora_ens_rs.source.sha256``), which an ensemble trained on that checkpoint
+///         accepts.
 ///
 /// Returns:
 ///     the adapters, in order.
 #[pyfunction]
-#[pyo3(signature = (paths, model, base_sha256=None))]
+#[pyo3(signature = (paths, model, base_sha256=None, base_source_sha256=None))]
 fn load_adapters(
     py: Python<'_>,
     paths: Vec<PathBuf>,
     model: PyRef<'_, Model>,
     base_sha256: Option<String>,
+    base_source_sha256: Option<String>,
 ) -> PyResult<Vec<LoraAdapter>> {
     let base = model.llama_config().clone();
     let adapters = call(py, || {
         if paths.is_empty() {
             return Err(lora_ens::Error::Input("no adapter paths given".to_owned()));
         }
-        let sha = || Ok(base_sha256.clone().unwrap_or_default());
-        let check: Option<&dyn Fn() -> lora_ens::Result<String>> =
-            base_sha256.is_some().then_some(&sha);
+        let identity = || {
+            Ok(lora_ens::BaseIdentity::new(
+                base_sha256.as_deref().unwrap_or_default(),
+                base_source_sha256.as_deref(),
+            ))
+        };
+        let check: Option<&dyn Fn() -> lora_ens::Result<lora_ens::BaseIdentity>> =
+            base_sha256.is_some().then_some(&identity);
         lora_ens::load_adapters(&paths, &base, check).map(|(adapters, _)| adapters)
     })?;
     Ok(adapters
@@ -156,7 +165,8 @@ fn load_adapters(
 ///
 /// Args:
 ///     members: member adapter directories, relative to the manifest's directory.
-///     base_model_path, base_model_sha256: the base model the members were trained on.
+///     base_model_path, base_model_sha256: the base model the members were trained on (the
+///         GGUF's sha256 when they were trained on a GGUF).
 ///     labels: the option labels (the default labels of label scoring).
 ///     prompt_template: the template's name (``TEMPLATE_NAME``).
 ///     scoring, normalization: how the members were trained to be scored.
@@ -165,6 +175,8 @@ fn load_adapters(
 ///     validation: validation metrics (any JSON value).
 ///     version: the package version that wrote it.
 ///     extra: other top-level keys to keep.
+///     base_model_checkpoint_sha256: the content hash of the Hugging Face checkpoint the
+///         members were trained on (``lora_ens_rs.checkpoint.checkpoint_sha256``).
 ///
 /// Example:
 ///     >>> m = EnsembleManifest(["m0", "m1"], prompt_template="qa-v1", scoring="choices")
@@ -201,7 +213,7 @@ impl EnsembleManifest {
     #[new]
     #[pyo3(signature = (members, base_model_path=None, base_model_sha256=None, labels=None,
         prompt_template=None, scoring=None, normalization=None, training=None, seeds=None,
-        validation=None, version=None, extra=None))]
+        validation=None, version=None, extra=None, base_model_checkpoint_sha256=None))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
@@ -217,11 +229,13 @@ impl EnsembleManifest {
         validation: Option<Bound<'_, PyAny>>,
         version: Option<String>,
         extra: Option<Bound<'_, PyAny>>,
+        base_model_checkpoint_sha256: Option<String>,
     ) -> PyResult<Self> {
         let opaque = |v: Option<Bound<'_, PyAny>>| v.map(|v| json_of(py, &v)).transpose();
         let mut value = serde_json::json!({
             "members": members,
-            "base_model": {"path": base_model_path, "sha256": base_model_sha256},
+            "base_model": {"path": base_model_path, "sha256": base_model_sha256,
+                           "checkpoint_sha256": base_model_checkpoint_sha256},
             "labels": labels,
             "prompt_template": prompt_template,
             "scoring": {"mode": scoring, "normalization": normalization},
@@ -275,6 +289,11 @@ impl EnsembleManifest {
     #[getter]
     fn base_model_sha256(&self) -> Option<String> {
         self.inner.base_model_sha256.clone()
+    }
+    /// The content hash of the Hugging Face checkpoint the members were trained on, or None.
+    #[getter]
+    fn base_model_checkpoint_sha256(&self) -> Option<String> {
+        self.inner.base_model_checkpoint_sha256.clone()
     }
     #[getter]
     fn labels(&self) -> Option<Vec<String>> {

@@ -13,7 +13,7 @@ use crate::config::LlamaConfig;
 use crate::data::Question;
 use crate::generate::{self, GenerateOptions, Generation};
 use crate::gguf::GgufFile;
-use crate::lora::{EnsembleManifest, LoraAdapter, load_adapters};
+use crate::lora::{BaseIdentity, EnsembleManifest, LoraAdapter, SOURCE_SHA256_KEY, load_adapters};
 use crate::model::Llama;
 use crate::multi_lora::MultiLora;
 use crate::questions::{self, QuestionScores, Scoring, ScoringSpec};
@@ -72,7 +72,8 @@ impl Ensemble {
     /// Load the GGUF `model` and the members found in `adapters` (PEFT adapter directories
     /// and ensemble directories, in order; empty = the base model alone) onto `device`.
     ///
-    /// An ensemble manifest that records the base model's sha256 is checked against `model`.
+    /// An ensemble manifest that records the base model is checked against `model`: the same
+    /// GGUF file, or a GGUF converted from the same checkpoint ([`EnsembleManifest::check_base`]).
     pub fn load(
         model: impl AsRef<Path>,
         adapters: &[impl AsRef<Path>],
@@ -86,9 +87,13 @@ impl Ensemble {
         let mut gguf = GgufFile::open(&model_path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let llama = Llama::load(&mut gguf, device)?;
+        let source = gguf.optional(SOURCE_SHA256_KEY, GgufFile::string)?;
         drop(gguf);
-        let sha = || hash::sha256_file(&model_path);
-        let (members, manifest) = load_adapters(adapters, llama.config(), Some(&sha))?;
+        let identity = || {
+            let sha = hash::sha256_file(&model_path)?;
+            Ok(BaseIdentity::new(&sha, source.as_deref()))
+        };
+        let (members, manifest) = load_adapters(adapters, llama.config(), Some(&identity))?;
         let lora = if members.is_empty() {
             None
         } else {

@@ -49,8 +49,9 @@ pub use ensemble::Ensemble;
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation};
 pub use lora::{
-    ALLOW_OUTSIDE_MEMBERS_ENV, AdapterConfig, EnsembleManifest, KNOWN_TEMPLATES, LoraAdapter,
-    LoraModule, MANIFEST_FILE, ManifestScoring, Pattern, TargetModules, load_adapters,
+    ALLOW_BASE_MISMATCH_ENV, ALLOW_OUTSIDE_MEMBERS_ENV, AdapterConfig, BaseIdentity,
+    EnsembleManifest, KNOWN_TEMPLATES, LoraAdapter, LoraModule, MANIFEST_FILE, ManifestScoring,
+    Pattern, SOURCE_SHA256_KEY, TargetModules, load_adapters,
 };
 pub use metrics::{
     ECE_BINS, Metrics, NLL_FLOOR, Reliability, accuracy, brier, ece, evaluate, nll, ood_aupr,

@@ -18,8 +18,8 @@ use safetensors::SafeTensors;
 
 pub use config::{AdapterConfig, Pattern, TargetModules};
 pub use manifest::{
-    ALLOW_OUTSIDE_MEMBERS_ENV, EnsembleManifest, KNOWN_TEMPLATES, MANIFEST_FILE, ManifestScoring,
-    load_adapters,
+    ALLOW_BASE_MISMATCH_ENV, ALLOW_OUTSIDE_MEMBERS_ENV, BaseIdentity, EnsembleManifest,
+    KNOWN_TEMPLATES, MANIFEST_FILE, ManifestScoring, SOURCE_SHA256_KEY, load_adapters,
 };
 
 use crate::config::{LlamaConfig, Target};

@@ -1,7 +1,15 @@
 //! `ensemble.json`: the manifest of an ensemble directory (member adapter directories, the
-//! base model they were trained on and its sha256, labels, prompt template, scoring, the
+//! base model they were trained on and its identity, labels, prompt template, scoring, the
 //! training config and validation metrics), typed, read once and written by training through
 //! the bindings; and [`load_adapters`], which takes adapter and ensemble directories alike.
+//!
+//! Base identity: members trained on a GGUF record its sha256 (`base_model.sha256`) and load
+//! only on that file; members trained on a Hugging Face checkpoint record the checkpoint's
+//! content hash (`base_model.checkpoint_sha256`, defined in the Python package's
+//! `lora_ens_rs.checkpoint`) and load on any GGUF whose metadata names that checkpoint as its
+//! source ([`SOURCE_SHA256_KEY`], written by `lora-ens-rs convert`), whatever its quantization.
+//! Anything else is refused with both identities named, unless [`ALLOW_BASE_MISMATCH_ENV`] is
+//! `1`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +28,46 @@ pub const MANIFEST_FILE: &str = "ensemble.json";
 /// downloaded ensemble cannot make the engine read elsewhere.
 pub const ALLOW_OUTSIDE_MEMBERS_ENV: &str = "LORA_ENS_RS_ALLOW_OUTSIDE_MEMBERS";
 
+/// The environment variable that, set to `1`, loads an ensemble on a base model other than the
+/// one its manifest records (the user's explicit override of [`EnsembleManifest::check_base`]).
+pub const ALLOW_BASE_MISMATCH_ENV: &str = "LORA_ENS_RS_ALLOW_BASE_MISMATCH";
+
+/// The GGUF metadata key in which `lora-ens-rs convert` records the content hash of the
+/// Hugging Face checkpoint the file was converted from.
+pub const SOURCE_SHA256_KEY: &str = "lora_ens_rs.source.sha256";
+
+/// What a loaded base model is, for [`EnsembleManifest::check_base`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BaseIdentity {
+    /// Lower-case hex sha256 of the GGUF file.
+    pub sha256: String,
+    /// The content hash of the checkpoint the file was converted from ([`SOURCE_SHA256_KEY`]).
+    pub source_sha256: Option<String>,
+}
+
+impl BaseIdentity {
+    /// The identity of a GGUF file whose sha256 is `sha256`, converted from `source_sha256`.
+    pub fn new(sha256: &str, source_sha256: Option<&str>) -> Self {
+        Self {
+            sha256: sha256.trim().to_ascii_lowercase(),
+            source_sha256: source_sha256.map(|s| s.trim().to_ascii_lowercase()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.source_sha256 {
+            Some(src) => format!(
+                "GGUF sha256 {}, converted from the checkpoint with content hash {src}",
+                self.sha256
+            ),
+            None => format!(
+                "GGUF sha256 {} (no source checkpoint recorded in `{SOURCE_SHA256_KEY}`)",
+                self.sha256
+            ),
+        }
+    }
+}
+
 /// The prompt templates this engine knows (a manifest naming another is refused).
 pub const KNOWN_TEMPLATES: &[&str] = &[prompt::TEMPLATE_NAME];
 
@@ -33,7 +81,8 @@ pub struct ManifestScoring {
 }
 
 /// A parsed `ensemble.json`:
-/// `{"members": ["m0", ...], "base_model": {"path": ..., "sha256": ...}, "labels": [...],
+/// `{"members": ["m0", ...], "base_model": {"path": ..., "sha256": ..., "checkpoint_sha256":
+/// ...}, "labels": [...],
 /// "prompt_template": "qa-v1", "scoring": {"mode": ..., "normalization": ...},
 /// "training": {...}, "seeds": [...], "validation": {...}, "version": "..."}`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,6 +97,8 @@ pub struct EnsembleManifest {
     pub base_model_path: Option<String>,
     /// Lower-case hex sha256 of the base GGUF the members were trained on.
     pub base_model_sha256: Option<String>,
+    /// Content hash of the Hugging Face checkpoint the members were trained on (lower-case hex).
+    pub base_model_checkpoint_sha256: Option<String>,
     /// Option labels (the default labels of label scoring).
     pub labels: Option<Vec<String>>,
     /// The prompt template's name (one of [`KNOWN_TEMPLATES`]).
@@ -118,24 +169,26 @@ impl EnsembleManifest {
             }
             None => return Err(bad("`members` is missing".to_owned())),
         };
-        let (base_model_path, base_model_sha256) = match obj.remove("base_model") {
-            None | Some(Value::Null) => (None, None),
-            Some(Value::Object(b)) => {
-                let field = |k: &str| match b.get(k) {
-                    None | Some(Value::Null) => Ok(None),
-                    Some(Value::String(s)) => Ok(Some(s.clone())),
-                    Some(v) => Err(bad(format!("`base_model.{k}` must be a string, got {v}"))),
-                };
-                let sha = field("sha256")?.map(|s| s.trim().to_ascii_lowercase());
-                if let Some(s) = sha.as_deref().filter(|s| !is_sha256(s)) {
-                    return Err(bad(format!(
-                        "`base_model.sha256` `{s}` is not a hex sha256"
-                    )));
+        let (base_model_path, base_model_sha256, base_model_checkpoint_sha256) =
+            match obj.remove("base_model") {
+                None | Some(Value::Null) => (None, None, None),
+                Some(Value::Object(b)) => {
+                    let field = |k: &str| match b.get(k) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(Value::String(s)) => Ok(Some(s.clone())),
+                        Some(v) => Err(bad(format!("`base_model.{k}` must be a string, got {v}"))),
+                    };
+                    let hex = |k: &str| -> Result<Option<String>> {
+                        let sha = field(k)?.map(|s| s.trim().to_ascii_lowercase());
+                        if let Some(s) = sha.as_deref().filter(|s| !is_sha256(s)) {
+                            return Err(bad(format!("`base_model.{k}` `{s}` is not a hex sha256")));
+                        }
+                        Ok(sha)
+                    };
+                    (field("path")?, hex("sha256")?, hex("checkpoint_sha256")?)
                 }
-                (field("path")?, sha)
-            }
-            Some(v) => return Err(bad(format!("`base_model` must be an object, got {v}"))),
-        };
+                Some(v) => return Err(bad(format!("`base_model` must be an object, got {v}"))),
+            };
         let labels = match obj.remove("labels") {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(
@@ -184,6 +237,7 @@ impl EnsembleManifest {
             member_entries,
             base_model_path,
             base_model_sha256,
+            base_model_checkpoint_sha256,
             labels,
             prompt_template,
             scoring,
@@ -208,6 +262,9 @@ impl EnsembleManifest {
         let mut base = Map::new();
         base.insert("path".into(), self.base_model_path.clone().into());
         base.insert("sha256".into(), self.base_model_sha256.clone().into());
+        if let Some(c) = &self.base_model_checkpoint_sha256 {
+            base.insert("checkpoint_sha256".into(), c.clone().into());
+        }
         o.insert("base_model".into(), Value::Object(base));
         o.insert("labels".into(), self.labels.clone().into());
         o.insert(
@@ -241,27 +298,54 @@ impl EnsembleManifest {
         text
     }
 
-    /// Refuse a base model whose sha256 differs from the one the members were trained on
-    /// (nothing to check if the manifest records none).
-    pub fn check_base(&self, base_sha256: &str) -> Result<()> {
-        let Some(want) = &self.base_model_sha256 else {
+    /// Whether the manifest records what its members were trained on.
+    pub fn records_base(&self) -> bool {
+        self.base_model_sha256.is_some() || self.base_model_checkpoint_sha256.is_some()
+    }
+
+    /// Refuse a base model other than the one the members were trained on (see the module
+    /// documentation; nothing to check if the manifest records none), unless the environment
+    /// variable [`ALLOW_BASE_MISMATCH_ENV`] is `1`.
+    pub fn check_base(&self, have: &BaseIdentity) -> Result<()> {
+        let allow = std::env::var(ALLOW_BASE_MISMATCH_ENV).is_ok_and(|v| v == "1");
+        self.check_base_with(have, allow)
+    }
+
+    /// [`EnsembleManifest::check_base`] with the override given (`allow`: accept any base).
+    pub fn check_base_with(&self, have: &BaseIdentity, allow: bool) -> Result<()> {
+        let file_ok = self
+            .base_model_sha256
+            .as_ref()
+            .is_some_and(|want| *want == have.sha256);
+        let source_ok = self
+            .base_model_checkpoint_sha256
+            .as_ref()
+            .is_some_and(|want| have.source_sha256.as_ref() == Some(want));
+        if !self.records_base() || file_ok || source_ok || allow {
             return Ok(());
-        };
-        let have = base_sha256.trim().to_ascii_lowercase();
-        if *want != have {
-            let made_for = self
-                .base_model_path
-                .as_deref()
-                .map_or_else(String::new, |p| format!(" (`{p}`)"));
-            return Err(refuse(
-                &self.path,
-                format!(
-                    "the members were trained on base model sha256 {want}{made_for}, \
-                     but the loaded model's sha256 is {have}"
-                ),
+        }
+        let mut trained = Vec::new();
+        if let Some(c) = &self.base_model_checkpoint_sha256 {
+            trained.push(format!(
+                "the Hugging Face checkpoint with content hash {c} (or a GGUF converted from it)"
             ));
         }
-        Ok(())
+        if let Some(f) = &self.base_model_sha256 {
+            trained.push(format!("the GGUF with sha256 {f}"));
+        }
+        let made_for = self
+            .base_model_path
+            .as_deref()
+            .map_or_else(String::new, |p| format!(" (`{p}`)"));
+        Err(refuse(
+            &self.path,
+            format!(
+                "the members were trained on {}{made_for}, but the loaded model is {}; \
+                 set {ALLOW_BASE_MISMATCH_ENV}=1 to load them on it anyway",
+                trained.join(" or "),
+                have.describe()
+            ),
+        ))
     }
 
     /// Load every member for `base`; an error says which member failed. Members must resolve
@@ -371,24 +455,24 @@ pub fn is_ensemble(path: &Path) -> bool {
 
 /// Load adapters for `base` from `paths`, each a PEFT adapter directory or an ensemble
 /// directory (whose members come in manifest order); also returns the first manifest.
-/// `base_sha256` gives the loaded model's sha256, asked for only when a manifest records one:
-/// an ensemble made for another base model is refused (`None`: no check).
+/// `base_identity` gives the loaded model's identity, asked for only when a manifest records
+/// one: an ensemble made for another base model is refused (`None`: no check).
 pub fn load_adapters(
     paths: &[impl AsRef<Path>],
     base: &LlamaConfig,
-    base_sha256: Option<&dyn Fn() -> Result<String>>,
+    base_identity: Option<&dyn Fn() -> Result<BaseIdentity>>,
 ) -> Result<(Vec<LoraAdapter>, Option<EnsembleManifest>)> {
     let mut adapters = Vec::new();
     let mut first = None;
-    let mut sha: Option<String> = None;
+    let mut identity: Option<BaseIdentity> = None;
     for path in paths {
         let path = path.as_ref();
         if is_ensemble(path) {
             let manifest = EnsembleManifest::load(path)?;
-            if let (Some(_), Some(compute)) = (&manifest.base_model_sha256, base_sha256) {
-                let have = match &sha {
-                    Some(s) => s.clone(),
-                    None => sha.insert(compute()?).clone(),
+            if let (true, Some(compute)) = (manifest.records_base(), base_identity) {
+                let have = match &identity {
+                    Some(id) => id.clone(),
+                    None => identity.insert(compute()?).clone(),
                 };
                 manifest.check_base(&have)?;
             }

@@ -90,8 +90,13 @@ const ATTN: [Target; 4] = [Target::Q, Target::K, Target::V, Target::O];
 
 /// [`load_adapters`] with the model's sha256 given up front (`None`: no check).
 fn load(paths: &[std::path::PathBuf], sha: Option<&str>) -> Result<Vec<LoraAdapter>> {
-    let given = || Ok(sha.unwrap_or_default().to_owned());
-    let check: Option<&dyn Fn() -> Result<String>> = sha.is_some().then_some(&given);
+    load_as(paths, sha.map(|s| BaseIdentity::new(s, None)))
+}
+
+/// [`load_adapters`] on a model of identity `have` (`None`: no check).
+fn load_as(paths: &[std::path::PathBuf], have: Option<BaseIdentity>) -> Result<Vec<LoraAdapter>> {
+    let given = || Ok(have.clone().unwrap_or_default());
+    let check: Option<&dyn Fn() -> Result<BaseIdentity>> = have.is_some().then_some(&given);
     load_adapters(paths, &base(), check).map(|(adapters, _)| adapters)
 }
 
@@ -317,6 +322,68 @@ fn ensemble_manifest_members_and_base_hash() {
     std::fs::write(ens.join(MANIFEST_FILE), json!({"members": []}).to_string()).unwrap();
     let got = adapter_reason(load(&paths, None));
     assert!(got.contains("non-empty list"), "{got}");
+}
+
+#[test]
+fn members_trained_on_a_checkpoint_load_on_its_conversions_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ens = tmp.path().join("ens");
+    write_adapter(&ens.join("m0"), json!({}), &lora_tensors(&ATTN, 2));
+    let ckpt = "c0".repeat(32);
+    let manifest = json!({"members": ["m0"],
+                          "base_model": {"path": "hf/", "checkpoint_sha256": ckpt.to_uppercase()}});
+    std::fs::write(ens.join(MANIFEST_FILE), manifest.to_string()).unwrap();
+    let m = EnsembleManifest::load(&ens).unwrap();
+    assert_eq!(
+        m.base_model_checkpoint_sha256.as_deref(),
+        Some(ckpt.as_str())
+    );
+    assert_eq!(m.base_model_sha256, None);
+    assert_eq!(
+        EnsembleManifest::from_json(&m.to_json(), &m.path).unwrap(),
+        m
+    );
+    let paths = [ens.clone()];
+
+    // Any GGUF converted from the checkpoint (whatever its own sha256) is accepted.
+    for file in ["aa", "bb"] {
+        let q = BaseIdentity::new(&file.repeat(32), Some(&ckpt));
+        assert_eq!(load_as(&paths, Some(q)).unwrap().len(), 1);
+    }
+    // Another checkpoint's conversion, or a GGUF with no recorded source, is refused, both
+    // identities named.
+    let other = "d1".repeat(32);
+    let file = "ee".repeat(32);
+    for have in [
+        BaseIdentity::new(&file, Some(&other)),
+        BaseIdentity::new(&file, None),
+    ] {
+        let got = adapter_reason(load_as(&paths, Some(have.clone())));
+        assert!(got.contains(&ckpt) && got.contains(&file), "{got}");
+        assert!(got.contains(ALLOW_BASE_MISMATCH_ENV), "{got}");
+        if let Some(src) = &have.source_sha256 {
+            assert!(got.contains(src.as_str()), "{got}");
+        }
+        // The explicit override accepts it.
+        assert!(m.check_base_with(&have, true).is_ok());
+        assert!(m.check_base_with(&have, false).is_err());
+    }
+
+    // Members trained on a GGUF accept that file only, not another conversion of its source.
+    let gguf = "ab".repeat(32);
+    let on_file = json!({"members": ["m0"], "base_model": {"sha256": gguf}});
+    std::fs::write(ens.join(MANIFEST_FILE), on_file.to_string()).unwrap();
+    assert!(load_as(&paths, Some(BaseIdentity::new(&gguf, Some(&ckpt)))).is_ok());
+    let got = adapter_reason(load_as(&paths, Some(BaseIdentity::new(&file, Some(&ckpt)))));
+    assert!(got.contains(&gguf) && got.contains(&file), "{got}");
+
+    let bad = json!({"members": ["m0"], "base_model": {"checkpoint_sha256": "xyz"}});
+    std::fs::write(ens.join(MANIFEST_FILE), bad.to_string()).unwrap();
+    let got = adapter_reason(EnsembleManifest::load(&ens));
+    assert!(
+        got.contains("`base_model.checkpoint_sha256` `xyz`"),
+        "{got}"
+    );
 }
 
 #[test]
