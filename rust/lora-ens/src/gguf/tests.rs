@@ -548,9 +548,14 @@ fn random_mutations_and_truncations_never_panic() {
         u64::MAX - 28895,
         1 << 32,
     ];
+    // `LORA_ENS_RS_FUZZ_ITERS` runs longer (as for the adapter and manifest readers).
+    let iterations = std::env::var("LORA_ENS_RS_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(200);
     let started = Instant::now();
     let (mut opened, mut refused) = (0, 0);
-    for seed in 0..200u64 {
+    for seed in 0..iterations {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (seed + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93));
         let mut bytes = original.clone();
         match seed % 4 {
@@ -600,10 +605,12 @@ fn random_mutations_and_truncations_never_panic() {
             one.elapsed()
         );
     }
-    eprintln!("{opened} mutated files opened, {refused} refused");
+    eprintln!(
+        "{opened} mutated files opened, {refused} refused in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         opened > 0 && refused > 0,
         "{opened} opened, {refused} refused"
     );
-    assert!(started.elapsed() < Duration::from_secs(120));
 }
