@@ -13,6 +13,7 @@ pub mod infer;
 pub mod options;
 pub mod output;
 pub mod progress;
+pub mod serve;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Continue a prompt with the ensemble (members' next-token distributions averaged) and
     /// print the text.
     Generate(generate::GenerateArgs),
+    /// Serve the ensemble over HTTP: OpenAI-compatible completions and chat with each
+    /// token's uncertainty, question scoring with infer's records, metrics.
+    Serve(serve::ServeArgs),
     /// Train M LoRA adapters (different seeds) on one frozen base model and write them as an
     /// ensemble directory (PEFT members + ensemble.json). Python package, needs torch.
     #[command(disable_help_flag = true)]
@@ -85,7 +89,10 @@ impl Command {
             Command::Train(_) => Some("train"),
             Command::Eval(_) => Some("eval"),
             Command::Experiment(_) => Some("experiment"),
-            Command::FetchModel { .. } | Command::Infer(_) | Command::Generate(_) => None,
+            Command::FetchModel { .. }
+            | Command::Infer(_)
+            | Command::Generate(_)
+            | Command::Serve(_) => None,
         }
     }
 }
@@ -214,6 +221,7 @@ pub fn execute(cli: Cli, ctx: &Context) -> lora_ens::Result<()> {
         }
         Command::Infer(args) => infer::run(&args, ctx),
         Command::Generate(args) => generate::run(&args, ctx),
+        Command::Serve(args) => serve::run(&args, ctx),
         Command::Train(_) | Command::Eval(_) | Command::Experiment(_) => {
             Err(lora_ens::Error::Input(format!(
                 "`{}` runs in the Python package (`python -m lora_ens_rs`)",
