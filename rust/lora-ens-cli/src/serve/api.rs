@@ -1066,13 +1066,12 @@ async fn score(
             )
         })?
         .map_err(|e| ApiError::from_engine(&e, "body"))?;
-    let out = if single {
-        serde_json::to_value(records.first())
+    // The records as structs, so their keys keep the schema's order.
+    Ok(if single {
+        Json(records.into_iter().next()).into_response()
     } else {
-        serde_json::to_value(&records)
-    }
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(Json(out).into_response())
+        Json(records).into_response()
+    })
 }
 
 /// Parse question objects with the generic JSONL reader (as `infer` reads a `.jsonl` file);

@@ -44,6 +44,9 @@ pub struct Limits {
     pub max_questions: usize,
     /// A request still running after this long is answered 504 and its work dropped.
     pub request_timeout: std::time::Duration,
+    /// A pause after every decoding step (zero in service; tests use it to hold requests
+    /// in flight long enough to disconnect, fill the queue or signal the server).
+    pub step_delay: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -58,6 +61,7 @@ impl Default for Limits {
             max_body_bytes: 1 << 20,
             max_questions: 256,
             request_timeout: std::time::Duration::from_secs(300),
+            step_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -421,6 +425,9 @@ impl Worker {
                     }
                 }
                 self.metrics.add_tokens(tokens);
+                if !self.limits.step_delay.is_zero() {
+                    std::thread::sleep(self.limits.step_delay);
+                }
                 self.active.retain(|a| !a.decoding.is_done());
             }
             Err(e) => {

@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Seconds a request may run before it is answered 504 and its work dropped.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// Pause this many milliseconds after every decoding step (for testing under load).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub step_delay_ms: u64,
 }
 
 fn size(n: u64) -> usize {
@@ -96,6 +99,7 @@ impl ServeArgs {
             max_body_bytes: size(self.max_body_bytes),
             max_questions: size(self.max_questions),
             request_timeout: Duration::from_secs(self.timeout),
+            step_delay: Duration::from_millis(self.step_delay_ms),
         }
     }
 }
