@@ -272,9 +272,7 @@ QUESTIONS = [
 ]
 
 
-def test_score_records_equal_infer(
-    server: Server, model_args: list[str], tmp_path: Path
-) -> None:
+def test_score_records_equal_infer(server: Server, model_args: list[str], tmp_path: Path) -> None:
     path = tmp_path / "questions.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     runs = [("", []), ("?scoring=labels&members=true", ["--scoring", "labels", "--members"])]
@@ -334,9 +332,24 @@ BAD = [
     ("/v1/completions", {"prompt": "word " * 600}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x" * 70000}, 413, "body"),
     ("/v1/chat/completions", {"messages": "hi"}, 400, "messages"),
-    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400, "top_logprobs"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "robot", "content": "x"}]},
+        400,
+        "messages[0].role",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": 3}]},
+        400,
+        "messages[0].content",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+        400,
+        "top_logprobs",
+    ),
     ("/v1/score", {"question": "x"}, 400, "body"),
     ("/v1/score", [{"question": "x", "choices": ["a"]}, 7], 400, "body[1]"),
     ("/v1/score", {"question": "x", "choices": "ab"}, 400, "body"),
@@ -393,6 +406,7 @@ def test_an_api_key_is_required_when_set(model_args: list[str]) -> None:
         body = {"prompt": "x", "max_tokens": 1}
         status, headers, answer = s.request("POST", "/v1/completions", body)
         assert status == 401 and answer["error"]["type"] == "authentication_error"
+        assert headers["WWW-Authenticate"] == "Bearer"
         assert s.healthy()  # /health needs no key
         with pytest.raises(openai.AuthenticationError):
             s.client("wrong").models.list()
@@ -436,7 +450,9 @@ def wait_for(cond: Any, timeout: float = 30) -> None:
 
 
 def test_a_client_leaving_mid_stream_frees_its_slot(model_args: list[str]) -> None:
-    s = Server(*model_args, "--max-generations", "1", "--step-delay-ms", "20", "--max-tokens", "400")
+    s = Server(
+        *model_args, "--max-generations", "1", "--step-delay-ms", "20", "--max-tokens", "400"
+    )
     try:
         conn, resp = open_stream(s, 400)
         assert len(read_events(resp, 2)) == 2
@@ -453,10 +469,8 @@ def test_a_client_leaving_mid_stream_frees_its_slot(model_args: list[str]) -> No
 
 
 def test_a_full_queue_answers_429_with_retry_after(model_args: list[str]) -> None:
-    s = Server(
-        *model_args,
-        "--max-generations", "1", "--max-queue", "1", "--step-delay-ms", "20", "--max-tokens", "400",
-    )  # fmt: skip
+    limits = ["--max-generations", "1", "--max-queue", "1", "--max-tokens", "400"]
+    s = Server(*model_args, *limits, "--step-delay-ms", "20")
     try:
         running, r1 = open_stream(s, 100)
         read_events(r1, 1)  # decoding: the slot is taken
@@ -485,7 +499,9 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(model_args: list[st
     for _, resp in streams[:2]:
         read_events(resp, 1)  # two decoding, two queued
     scored: list[Any] = []
-    scorer = threading.Thread(target=lambda: scored.append(s.request("POST", "/v1/score", QUESTIONS)))
+    scorer = threading.Thread(
+        target=lambda: scored.append(s.request("POST", "/v1/score", QUESTIONS))
+    )
     scorer.start()
     time.sleep(0.2)
     s.proc.send_signal(signal.SIGTERM)

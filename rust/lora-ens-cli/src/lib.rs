@@ -1,7 +1,7 @@
 //! The `lora-ens-rs` command line, as a library: the Rust binary (`main.rs`) and the Python
 //! console script (through `lora_ens_rs._core.cli_main`) both call [`run`], so they accept
 //! the same arguments and print the same output. [`Command`] is the one table of subcommands:
-//! `fetch-model`, `infer` ([`infer`]) and `generate` ([`generate`]) run here; `train`, `eval`
+//! `fetch-model`, `infer` ([`infer`]), `generate` ([`generate`]) and `serve` ([`serve`]) run here; `train`, `eval`
 //! and `experiment` need torch and run in the Python package, whose console script dispatches
 //! them before calling [`run`]. Options shared between subcommands are defined once, in
 //! [`options`]. Exit status: 0 success, 1 error (`error: <message>` on stderr), 2 usage error.
@@ -284,6 +284,7 @@ mod tests {
                 "fetch-model",
                 "infer",
                 "generate",
+                "serve",
                 "train",
                 "eval",
                 "experiment"

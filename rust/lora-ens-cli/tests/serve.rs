@@ -51,9 +51,16 @@ fn the_example_serves_the_ensemble_inside_an_app() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").unwrap().to_owned();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_owned();
 
-    assert_eq!(request(&addr, "GET", "/", ""), (200, "my application".to_owned()));
+    assert_eq!(
+        request(&addr, "GET", "/", ""),
+        (200, "my application".to_owned())
+    );
     let (status, models) = request(&addr, "GET", "/llm/v1/models", "");
     assert_eq!(status, 200);
     let models: serde_json::Value = serde_json::from_str(&models).unwrap();

@@ -313,13 +313,23 @@ impl Decoding {
     }
 
     /// End the sequence: the rest of the text is handed out.
-    fn finish(&mut self, reason: FinishReason, token: Option<TokenStep>, tokenizer: &Tokenizer) -> Result<StepEvent> {
+    fn finish(
+        &mut self,
+        reason: FinishReason,
+        token: Option<TokenStep>,
+        tokenizer: &Tokenizer,
+    ) -> Result<StepEvent> {
         self.done = true;
         self.out.finish_reason = reason;
         if reason != FinishReason::Stop {
             self.out.text = tokenizer.decode(&self.out.tokens, true)?;
         }
-        let text = self.out.text.get(self.emitted..).unwrap_or_default().to_owned();
+        let text = self
+            .out
+            .text
+            .get(self.emitted..)
+            .unwrap_or_default()
+            .to_owned();
         self.emitted = self.out.text.len();
         Ok(StepEvent {
             token,
@@ -329,7 +339,13 @@ impl Decoding {
     }
 
     /// Record the token picked at this step and decide whether the sequence goes on.
-    fn push(&mut self, id: u32, step: &Step, tokenizer: &Tokenizer, stop_ids: &[u32]) -> Result<StepEvent> {
+    fn push(
+        &mut self,
+        id: u32,
+        step: &Step,
+        tokenizer: &Tokenizer,
+        stop_ids: &[u32],
+    ) -> Result<StepEvent> {
         if stop_ids.contains(&id) {
             return self.finish(FinishReason::Eos, None, tokenizer);
         }
@@ -347,7 +363,13 @@ impl Decoding {
         self.out.expected_entropy.push(token.expected_entropy);
         self.out.mutual_information.push(token.mutual_information);
         let text = tokenizer.decode(&self.out.tokens, true)?;
-        if let Some(cut) = self.opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        if let Some(cut) = self
+            .opts
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
             self.out.text = text[..cut].to_owned();
             return self.finish(FinishReason::Stop, Some(token), tokenizer);
         }
@@ -399,7 +421,9 @@ fn top_logprobs(p: &[f64], k: usize) -> Vec<(u32, f32)> {
         idx.truncate(k);
     }
     idx.sort_by(by_prob);
-    idx.into_iter().map(|i| (i as u32, p[i].ln() as f32)).collect()
+    idx.into_iter()
+        .map(|i| (i as u32, p[i].ln() as f32))
+        .collect()
 }
 
 /// One decoding step of every sequence in `seqs` that has not finished, in one batched

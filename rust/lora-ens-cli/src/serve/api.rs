@@ -21,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
+use lora_ens::Normalization;
 use lora_ens::data::{Format, Question, parse_questions};
 use lora_ens::generate::{FinishReason, GenerateOptions, StepEvent, TokenStep};
 use lora_ens::questions::{Scoring, ScoringSpec};
-use lora_ens::Normalization;
 use lora_ens::{Error, hash};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -404,9 +404,10 @@ fn random_seed() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ COUNTER
-        .fetch_add(1, Ordering::Relaxed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    nanos
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn gen_params(o: &Map<String, Value>, api: Api, limits: &super::Limits) -> ApiResult<GenParams> {
@@ -427,9 +428,8 @@ fn gen_params(o: &Map<String, Value>, api: Api, limits: &super::Limits) -> ApiRe
         Api::Completions => 16.min(limits.max_tokens),
         Api::Chat => limits.max_tokens,
     };
-    let max_new_tokens = opt_uint(o, max_key)?.map_or(default_max, |n| {
-        usize::try_from(n).unwrap_or(usize::MAX)
-    });
+    let max_new_tokens =
+        opt_uint(o, max_key)?.map_or(default_max, |n| usize::try_from(n).unwrap_or(usize::MAX));
     if max_new_tokens > limits.max_tokens {
         return Err(ApiError::field(
             max_key,
@@ -467,7 +467,9 @@ fn gen_params(o: &Map<String, Value>, api: Api, limits: &super::Limits) -> ApiRe
             .iter()
             .map(|v| v.as_str().map(str::to_owned))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::field("stop", "`stop` must be a string or a list of strings"))?,
+            .ok_or_else(|| {
+                ApiError::field("stop", "`stop` must be a string or a list of strings")
+            })?,
         Some(_) => {
             return Err(ApiError::field(
                 "stop",
@@ -493,7 +495,10 @@ fn gen_params(o: &Map<String, Value>, api: Api, limits: &super::Limits) -> ApiRe
             let on = opt_bool(o, "logprobs")?.unwrap_or(false);
             let k = opt_uint(o, "top_logprobs")?.unwrap_or(0);
             if k > 20 {
-                return Err(ApiError::field("top_logprobs", "`top_logprobs` must be 0 to 20"));
+                return Err(ApiError::field(
+                    "top_logprobs",
+                    "`top_logprobs` must be 0 to 20",
+                ));
             }
             if k > 0 && !on {
                 return Err(ApiError::field(
@@ -640,7 +645,10 @@ async fn chat_completions(
     for (i, m) in messages.iter().enumerate() {
         let at = format!("messages[{i}]");
         let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
-            ApiError::field(&format!("{at}.role"), format!("`{at}.role` must be a string"))
+            ApiError::field(
+                &format!("{at}.role"),
+                format!("`{at}.role` must be a string"),
+            )
         })?;
         if !["system", "user", "assistant", "developer"].contains(&role) {
             return Err(ApiError::field(
@@ -720,9 +728,7 @@ impl Reply {
         }
         match self.api {
             Api::Chat => {
-                let entry = |text: String, lp: f32| {
-                    json!({"token": text, "logprob": lp, "bytes": text.as_bytes()})
-                };
+                let entry = |text: String, lp: f32| json!({"token": text, "logprob": lp, "bytes": text.as_bytes()});
                 let content: Vec<Value> = tokens
                     .iter()
                     .map(|t| {
@@ -871,9 +877,11 @@ async fn generation(
         offset: 0,
     };
     if params.stream {
-        return Ok(Sse::new(event_stream(rx, reply, deadline, params.include_usage))
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        return Ok(
+            Sse::new(event_stream(rx, reply, deadline, params.include_usage))
+                .keep_alive(KeepAlive::default())
+                .into_response(),
+        );
     }
     let mut rx = rx;
     let mut reply = reply;
@@ -1087,17 +1095,20 @@ fn parse_items(items: &[Value], single: bool) -> ApiResult<Vec<Question>> {
     let mut questions = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         if !item.is_object() {
-            return Err(ApiError::field(&at(i), "each question must be a JSON object"));
+            return Err(ApiError::field(
+                &at(i),
+                "each question must be a JSON object",
+            ));
         }
         let line = item.to_string();
         let mut q = parse_questions(&line, Path::new("request.jsonl"), Some(Format::Jsonl), None)
             .map_err(|e| {
-                let reason = match e {
-                    Error::Data { reason, .. } => reason,
-                    other => other.to_string(),
-                };
-                ApiError::field(&at(i), format!("{}: {reason}", at(i)))
-            })?;
+            let reason = match e {
+                Error::Data { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            ApiError::field(&at(i), format!("{}: {reason}", at(i)))
+        })?;
         for q in &mut q {
             if item.get("id").is_none() {
                 q.id = format!("request-{}", i + 1);

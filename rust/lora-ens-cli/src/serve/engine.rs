@@ -414,7 +414,8 @@ impl Worker {
             self.metrics.set_active_generations(0);
             return;
         }
-        let mut refs: Vec<&mut Decoding> = self.active.iter_mut().map(|a| &mut a.decoding).collect();
+        let mut refs: Vec<&mut Decoding> =
+            self.active.iter_mut().map(|a| &mut a.decoding).collect();
         match self.ens.step(&mut refs) {
             Ok(events) => {
                 let mut tokens = 0;

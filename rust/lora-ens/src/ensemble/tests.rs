@@ -314,7 +314,11 @@ fn bad_arguments_are_input_errors() {
 #[test]
 fn sequences_decoded_together_equal_each_decoded_alone() {
     let ens = ensemble();
-    let prompts = ["Once upon a time", "The sun", "A long prompt with several more words"];
+    let prompts = [
+        "Once upon a time",
+        "The sun",
+        "A long prompt with several more words",
+    ];
     let opts: Vec<GenerateOptions> = (0..3)
         .map(|i| GenerateOptions {
             max_new_tokens: 6 + 3 * i,
@@ -355,7 +359,26 @@ fn sequences_decoded_together_equal_each_decoded_alone() {
     for (k, d) in seqs.into_iter().enumerate() {
         let want = ens.generate(prompts[k], false, &opts[k]).unwrap();
         assert_eq!(texts[k], want.text, "sequence {k}");
-        assert_eq!(d.into_generation(), want, "sequence {k}");
+        // The same tokens; the numbers agree to float rounding (the batched kernels sum in
+        // another order than a single sequence's).
+        let got = d.into_generation();
+        assert_eq!(
+            (&got.tokens, got.finish_reason),
+            (&want.tokens, want.finish_reason)
+        );
+        for (a, b) in [
+            (&got.probs, &want.probs),
+            (&got.entropy, &want.entropy),
+            (&got.expected_entropy, &want.expected_entropy),
+            (&got.mutual_information, &want.mutual_information),
+        ] {
+            assert!(
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1e-3)),
+                "sequence {k}: {a:?} vs {b:?}"
+            );
+        }
         assert!(tops[k].iter().all(|t| t.len() == 2 && t[0].1 >= t[1].1));
     }
 }
@@ -381,7 +404,9 @@ fn streamed_text_holds_back_a_possible_stop_string() {
             ..free.clone()
         };
         let want = ens.generate("Once upon", false, &opts).unwrap();
-        let mut d = ens.start(ens.encode_prompt("Once upon").unwrap(), &opts).unwrap();
+        let mut d = ens
+            .start(ens.encode_prompt("Once upon").unwrap(), &opts)
+            .unwrap();
         let mut streamed = String::new();
         while !d.is_done() {
             let e = ens.step(&mut [&mut d]).unwrap().remove(0).unwrap();
