@@ -41,7 +41,8 @@ def test_help_lists_every_subcommand() -> None:
     assert out.returncode == 0, out.stderr
     listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")}
     names = [name for name, _, _ in _core.cli_subcommands()]
-    assert names == ["fetch-model", "infer", "generate", "train", "eval", "experiment", "convert"]
+    expected = ["fetch-model", "infer", "generate", "serve", "train", "eval", "experiment"]
+    assert names == [*expected, "convert"]
     assert set(names) <= listed, out.stdout
 
 

@@ -1,9 +1,9 @@
 """The ``lora-ens-rs`` console script, and the plumbing its Python subcommands share.
 
 The table of subcommands is the Rust parser's (``rust/lora-ens-cli``; ``lora-ens-rs --help``
-lists all of them): ``fetch-model``, ``infer`` and ``generate`` run in that same Rust code
-through ``_core.cli_main``; ``train``, ``eval``, ``experiment`` and ``convert`` need torch and
-run here.
+lists all of them): ``fetch-model``, ``infer``, ``generate`` and ``serve`` run in that same Rust
+code through ``_core.cli_main``; ``train``, ``eval``, ``experiment`` and ``convert`` need torch
+and run here.
 Options several subcommands share (``--model``, ``--adapters``, ``--limit``, ...) are defined
 once, in ``rust/lora-ens-cli/src/options.rs``; :func:`add_shared_options` adds them to an
 argparse parser. Exit status everywhere: 0 success, 1 error (one line ``error: ...`` on

@@ -57,6 +57,7 @@ pub fn run(args: &GenerateArgs, ctx: &Context) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
         stop: args.stop.clone(),
+        top_logprobs: 0,
     };
     // The device is checked before the default model is fetched.
     let device = args.model.device()?;

@@ -1,9 +1,9 @@
 //! The `lora-ens-rs` command line, as a library: the Rust binary (`main.rs`) and the Python
 //! console script (through `lora_ens_rs._core.cli_main`) both call [`run`], so they accept
 //! the same arguments and print the same output. [`Command`] is the one table of subcommands:
-//! `fetch-model`, `infer` ([`infer`]) and `generate` ([`generate`]) run here; `train`, `eval`,
-//! `experiment` and `convert` need torch and run in the Python package, whose console script dispatches
-//! them before calling [`run`]. Options shared between subcommands are defined once, in
+//! `fetch-model`, `infer` ([`infer`]), `generate` ([`generate`]) and `serve` ([`serve`]) run
+//! here; `train`, `eval`, `experiment` and `convert` need torch and run in the Python package,
+//! whose console script dispatches them before calling [`run`]. Options shared between subcommands are defined once, in
 //! [`options`]. Exit status: 0 success, 1 error (`error: <message>` on stderr), 2 usage error
 //! (the command line does not parse, or names a Python subcommand without the package), 130
 //! interrupted (Ctrl-C / SIGTERM; checked between batches, nothing is written).
@@ -15,6 +15,7 @@ pub mod infer;
 pub mod options;
 pub mod output;
 pub mod progress;
+pub mod serve;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Continue a prompt with the ensemble (members' next-token distributions averaged) and
     /// print the text.
     Generate(generate::GenerateArgs),
+    /// Serve the ensemble over HTTP: OpenAI-compatible completions and chat with each
+    /// token's uncertainty, question scoring with infer's records, metrics.
+    Serve(serve::ServeArgs),
     /// Train M LoRA adapters (different seeds) on one frozen base model and write them as an
     /// ensemble directory (PEFT members + ensemble.json). Python package, needs torch.
     #[command(disable_help_flag = true)]
@@ -95,7 +99,10 @@ impl Command {
             Command::Eval(_) => Some("eval"),
             Command::Experiment(_) => Some("experiment"),
             Command::Convert(_) => Some("convert"),
-            Command::FetchModel { .. } | Command::Infer(_) | Command::Generate(_) => None,
+            Command::FetchModel { .. }
+            | Command::Infer(_)
+            | Command::Generate(_)
+            | Command::Serve(_) => None,
         }
     }
 }
@@ -236,6 +243,7 @@ pub fn execute(cli: Cli, ctx: &Context) -> lora_ens::Result<()> {
         }
         Command::Infer(args) => infer::run(&args, ctx),
         Command::Generate(args) => generate::run(&args, ctx),
+        Command::Serve(args) => serve::run(&args, ctx),
         Command::Train(_) | Command::Eval(_) | Command::Experiment(_) | Command::Convert(_) => {
             Err(lora_ens::Error::Input(format!(
                 "`{}` runs in the Python package (`python -m lora_ens_rs`)",
@@ -298,6 +306,7 @@ mod tests {
                 "fetch-model",
                 "infer",
                 "generate",
+                "serve",
                 "train",
                 "eval",
                 "experiment",

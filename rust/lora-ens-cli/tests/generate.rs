@@ -75,6 +75,7 @@ fn sampling_flags_reach_the_engine() {
         top_p: 0.8,
         seed: 7,
         stop: vec!["e".to_owned(), "zz".to_owned()],
+        top_logprobs: 0,
     };
     let want = ensemble()
         .generate("Once upon a time", false, &opts)

@@ -191,6 +191,7 @@ impl Ensemble {
             top_p,
             seed,
             stop: stop.unwrap_or_default(),
+            top_logprobs: 0,
         };
         let g = call(py, || self.inner.generate(&prompt, chat, &opts))?;
         Ok(Generation::new(py, g))

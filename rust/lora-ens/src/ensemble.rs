@@ -11,7 +11,7 @@ use candle_core::Device;
 
 use crate::config::LlamaConfig;
 use crate::data::Question;
-use crate::generate::{self, GenerateOptions, Generation};
+use crate::generate::{self, Decoding, GenerateOptions, Generation, StepEvent};
 use crate::gguf::GgufFile;
 use crate::lora::{BaseIdentity, EnsembleManifest, LoraAdapter, SOURCE_SHA256_KEY, load_adapters};
 use crate::model::Llama;
@@ -285,13 +285,7 @@ impl Ensemble {
         // The model's own template with its real BOS / EOS text; a BOS the template writes is
         // dropped when the tokenizer adds one (as llama.cpp does), so there is exactly one.
         let ids = if chat {
-            if self.tokenizer.chat_template().is_none() {
-                return Err(Error::Input(format!(
-                    "{}: the model has no chat template",
-                    self.model_path.display()
-                )));
-            }
-            self.tokenizer.encode_chat(&[("user", prompt)], true)?
+            self.encode_chat(&[("user", prompt)])?
         } else {
             self.tokenizer.encode(prompt, true)?
         };
@@ -311,6 +305,69 @@ impl Ensemble {
                 &ids,
                 &self.stop_ids,
                 opts,
+            )
+        })
+    }
+
+    /// The token ids of a conversation (`(role, content)` pairs) rendered with the model's
+    /// chat template, the assistant's turn opened: what [`Ensemble::generate`] feeds the model
+    /// with `chat`. The template sees the model's real BOS / EOS text; a BOS it writes is
+    /// dropped when the tokenizer adds one itself (as llama.cpp does), so there is exactly one.
+    pub fn encode_chat(&self, messages: &[(&str, &str)]) -> Result<Vec<u32>> {
+        if self.tokenizer.chat_template().is_none() {
+            return Err(Error::Input(format!(
+                "{}: the model has no chat template",
+                self.model_path.display()
+            )));
+        }
+        self.tokenizer.encode_chat(messages, true)
+    }
+
+    /// The token ids of a prompt text, as [`Ensemble::generate`] feeds it (BOS included when
+    /// the model wants one).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, true)
+    }
+
+    /// Start decoding after `prompt` (token ids, see [`Ensemble::encode_prompt`]); drive it
+    /// with [`Ensemble::step`], alone or together with other sequences. Decoding one
+    /// sequence alone to its end gives exactly [`Ensemble::generate`]'s result; decoded
+    /// together with others, its numbers agree to float rounding (the batched kernels may
+    /// sum in another order).
+    ///
+    /// ```
+    /// use lora_ens::ensemble::Ensemble;
+    /// use lora_ens::generate::GenerateOptions;
+    /// # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    /// let ens = Ensemble::load(dir.join("tiny-q8_0.gguf"), &[dir.join("ensemble")], &candle_core::Device::Cpu)?;
+    /// let opts = GenerateOptions { max_new_tokens: 6, ..Default::default() };
+    /// let mut a = ens.start(ens.encode_prompt("Once upon a time")?, &opts)?;
+    /// let mut b = ens.start(ens.encode_prompt("The sun")?, &opts)?;
+    /// let mut text = String::new();
+    /// while !(a.is_done() && b.is_done()) {
+    ///     let events = ens.step(&mut [&mut a, &mut b])?; // one token of each, one pass
+    ///     if let Some(e) = &events[0] {
+    ///         text.push_str(&e.text);
+    ///     }
+    /// }
+    /// assert_eq!(text, a.generation().text);
+    /// assert_eq!(a.into_generation().tokens, ens.generate("Once upon a time", false, &opts)?.tokens);
+    /// # Ok::<(), lora_ens::Error>(())
+    /// ```
+    pub fn start(&self, prompt: Vec<u32>, opts: &GenerateOptions) -> Result<Decoding> {
+        Decoding::new(prompt, self.n_members(), opts)
+    }
+
+    /// One token of every unfinished sequence of `seqs` (started by [`Ensemble::start`]), all
+    /// in one batched forward pass; one event per sequence, `None` for one already done.
+    pub fn step(&self, seqs: &mut [&mut Decoding]) -> Result<Vec<Option<StepEvent>>> {
+        self.run(|| {
+            generate::step(
+                &self.model,
+                &self.tokenizer,
+                self.lora.as_ref(),
+                &self.stop_ids,
+                seqs,
             )
         })
     }

@@ -25,6 +25,9 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Stop as soon as the text contains one of these (it is cut before the stop string).
     pub stop: Vec<String>,
+    /// Report this many most probable tokens (with their log-probabilities) at each step in
+    /// [`TokenStep::top`] (0: none).
+    pub top_logprobs: usize,
 }
 
 impl Default for GenerateOptions {
@@ -35,6 +38,7 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
+            top_logprobs: 0,
         }
     }
 }
@@ -103,6 +107,7 @@ pub struct Generation {
 }
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a small, well-mixed generator; enough for sampling.
+#[derive(Debug)]
 struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -211,6 +216,274 @@ fn pick(p: &[f64], opts: &GenerateOptions, rng: &mut SplitMix64) -> usize {
     order[kept - 1].0
 }
 
+/// One generated token, as [`step`] hands it out: the token, the mixture's probability and
+/// uncertainty at that step, and the most probable alternatives when asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenStep {
+    /// The token id picked.
+    pub id: u32,
+    /// The mixture's probability of it.
+    pub prob: f32,
+    /// Entropy of the mixture over the vocabulary (nats).
+    pub entropy: f32,
+    /// The members' mean entropy (nats).
+    pub expected_entropy: f32,
+    /// The members' disagreement, mean KL(member || mixture) (nats).
+    pub mutual_information: f32,
+    /// The `top_logprobs` most probable tokens of the mixture with their log-probabilities,
+    /// most probable first (empty when `top_logprobs` is 0).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What one decoding step of one sequence produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEvent {
+    /// The token generated at this step; `None` when the step ended the sequence without one
+    /// (the end-of-sequence token was picked, or the context is full).
+    pub token: Option<TokenStep>,
+    /// The text that became final at this step: the concatenation of every step's `text` is
+    /// the generation's text. A possible beginning of a stop string, or an incomplete UTF-8
+    /// character, is held back until it is resolved.
+    pub text: String,
+    /// Set on the sequence's last step.
+    pub finish: Option<FinishReason>,
+}
+
+/// One sequence being decoded: its caches (one per member), sampler and output so far.
+/// Several run together, one token each per [`step`] (ragged batching over their own caches).
+#[derive(Debug)]
+pub struct Decoding {
+    caches: Vec<KvCache>,
+    rng: SplitMix64,
+    opts: GenerateOptions,
+    next: Vec<u32>,
+    prompt_len: usize,
+    out: Generation,
+    /// Bytes of the text already handed out in [`StepEvent::text`].
+    emitted: usize,
+    done: bool,
+}
+
+impl Decoding {
+    /// Start decoding after `prompt` (token ids, BOS included when the model wants one) with
+    /// `n_members` members.
+    pub(crate) fn new(prompt: Vec<u32>, n_members: usize, opts: &GenerateOptions) -> Result<Self> {
+        opts.check()?;
+        if prompt.is_empty() {
+            return Err(Error::Input("the prompt has no tokens".to_owned()));
+        }
+        Ok(Self {
+            caches: vec![KvCache::default(); n_members.max(1)],
+            rng: SplitMix64(opts.seed),
+            opts: opts.clone(),
+            prompt_len: prompt.len(),
+            next: prompt,
+            out: Generation {
+                text: String::new(),
+                tokens: Vec::new(),
+                probs: Vec::new(),
+                entropy: Vec::new(),
+                expected_entropy: Vec::new(),
+                mutual_information: Vec::new(),
+                finish_reason: FinishReason::Length,
+            },
+            emitted: 0,
+            done: opts.max_new_tokens == 0,
+        })
+    }
+
+    /// Whether the sequence has finished.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The prompt's length in tokens.
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    /// The generation so far (complete once [`Decoding::is_done`]).
+    pub fn generation(&self) -> &Generation {
+        &self.out
+    }
+
+    /// Take the finished generation.
+    pub fn into_generation(self) -> Generation {
+        self.out
+    }
+
+    /// End the sequence: the rest of the text is handed out.
+    fn finish(
+        &mut self,
+        reason: FinishReason,
+        token: Option<TokenStep>,
+        tokenizer: &Tokenizer,
+    ) -> Result<StepEvent> {
+        self.done = true;
+        self.out.finish_reason = reason;
+        if reason != FinishReason::Stop {
+            self.out.text = tokenizer.decode(&self.out.tokens, true)?;
+        }
+        let text = self
+            .out
+            .text
+            .get(self.emitted..)
+            .unwrap_or_default()
+            .to_owned();
+        self.emitted = self.out.text.len();
+        Ok(StepEvent {
+            token,
+            text,
+            finish: Some(reason),
+        })
+    }
+
+    /// Record the token picked at this step and decide whether the sequence goes on.
+    fn push(
+        &mut self,
+        id: u32,
+        step: &Step,
+        tokenizer: &Tokenizer,
+        stop_ids: &[u32],
+    ) -> Result<StepEvent> {
+        if stop_ids.contains(&id) {
+            return self.finish(FinishReason::Eos, None, tokenizer);
+        }
+        let token = TokenStep {
+            id,
+            prob: step.mixture[id as usize] as f32,
+            entropy: step.entropy as f32,
+            expected_entropy: step.expected_entropy as f32,
+            mutual_information: step.mutual_information as f32,
+            top: top_logprobs(&step.mixture, self.opts.top_logprobs),
+        };
+        self.out.tokens.push(id);
+        self.out.probs.push(token.prob);
+        self.out.entropy.push(token.entropy);
+        self.out.expected_entropy.push(token.expected_entropy);
+        self.out.mutual_information.push(token.mutual_information);
+        let text = tokenizer.decode(&self.out.tokens, true)?;
+        if let Some(cut) = self
+            .opts
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            self.out.text = text[..cut].to_owned();
+            return self.finish(FinishReason::Stop, Some(token), tokenizer);
+        }
+        if self.out.tokens.len() >= self.opts.max_new_tokens {
+            self.out.text = text;
+            return self.finish(FinishReason::Length, Some(token), tokenizer);
+        }
+        // Hand out what can no longer change: not an incomplete character at the end, nor a
+        // suffix that may be the start of a stop string.
+        let end = text.trim_end_matches('\u{FFFD}').len();
+        let mut safe = end;
+        for s in &self.opts.stop {
+            let held = s
+                .char_indices()
+                .map(|(k, _)| k)
+                .filter(|&k| k > 0)
+                .rev()
+                .find(|&k| text[..end].ends_with(&s[..k]));
+            if let Some(k) = held {
+                safe = safe.min(end - k);
+            }
+        }
+        let delta = if safe > self.emitted {
+            text.get(self.emitted..safe).unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        };
+        self.emitted = self.emitted.max(safe);
+        self.out.text = text;
+        self.next = vec![id];
+        Ok(StepEvent {
+            token: Some(token),
+            text: delta,
+            finish: None,
+        })
+    }
+}
+
+/// The `k` most probable entries of `p` as `(id, ln p)`, most probable first (lowest id on ties).
+fn top_logprobs(p: &[f64], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    let k = k.min(p.len());
+    let by_prob = |a: &usize, b: &usize| p[*b].total_cmp(&p[*a]).then(a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, by_prob);
+        idx.truncate(k);
+    }
+    idx.sort_by(by_prob);
+    idx.into_iter()
+        .map(|i| (i as u32, p[i].ln() as f32))
+        .collect()
+}
+
+/// One decoding step of every sequence in `seqs` that has not finished, in one batched
+/// forward pass over their own caches (a new sequence's whole prompt goes through in the
+/// same pass). Returns one event per sequence (`None` for one already done).
+pub(crate) fn step(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    lora: Option<&MultiLora>,
+    stop_ids: &[u32],
+    seqs: &mut [&mut Decoding],
+) -> Result<Vec<Option<StepEvent>>> {
+    let n_members = lora.map_or(1, MultiLora::n_members);
+    let mut events: Vec<Option<StepEvent>> = vec![None; seqs.len()];
+    let mut live = Vec::new();
+    for (i, d) in seqs.iter_mut().enumerate() {
+        if d.done {
+            continue;
+        }
+        if d.caches.len() != n_members {
+            return Err(Error::Input(format!(
+                "a sequence started with {} members decodes with {n_members}",
+                d.caches.len()
+            )));
+        }
+        if d.caches[0].len() + d.next.len() > model.config().context_length {
+            // The context is full: stop as if the length limit was reached.
+            events[i] = Some(d.finish(FinishReason::Length, None, tokenizer)?);
+        } else {
+            live.push(i);
+        }
+    }
+    if live.is_empty() {
+        return Ok(events);
+    }
+    let n = live.len();
+    // Caches member-major: member m of sequence j at m * n + j.
+    let mut caches = Vec::with_capacity(n_members * n);
+    for m in 0..n_members {
+        for &i in &live {
+            caches.push(std::mem::take(&mut seqs[i].caches[m]));
+        }
+    }
+    let inputs: Vec<Vec<u32>> = live.iter().map(|&i| seqs[i].next.clone()).collect();
+    let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+    let result = model.forward_members(&refs, lora, &mut caches, Logits::Full);
+    for (k, cache) in caches.into_iter().enumerate() {
+        let (m, j) = (k / n, k % n);
+        seqs[live[j]].caches[m] = cache;
+    }
+    let logits = result?; // (M, n, vocab)
+    for (j, &i) in live.iter().enumerate() {
+        let s = mix(&logits.narrow(1, j, 1)?)?;
+        let d = &mut *seqs[i];
+        let id = pick(&s.mixture, &d.opts, &mut d.rng) as u32;
+        events[i] = Some(d.push(id, &s, tokenizer, stop_ids)?);
+    }
+    Ok(events)
+}
+
 /// Decode from `prompt` (token ids) with every member of `lora` (the base alone when
 /// `None`), stopping at `stop_ids`, a stop string or `max_new_tokens`.
 pub(crate) fn generate(
@@ -221,52 +494,13 @@ pub(crate) fn generate(
     stop_ids: &[u32],
     opts: &GenerateOptions,
 ) -> Result<Generation> {
-    opts.check()?;
-    if prompt.is_empty() {
-        return Err(Error::Input("the prompt has no tokens".to_owned()));
-    }
     let n_members = lora.map_or(1, MultiLora::n_members);
-    let mut caches = vec![KvCache::default(); n_members];
-    let mut rng = SplitMix64(opts.seed);
-    let mut out = Generation {
-        text: String::new(),
-        tokens: Vec::new(),
-        probs: Vec::new(),
-        entropy: Vec::new(),
-        expected_entropy: Vec::new(),
-        mutual_information: Vec::new(),
-        finish_reason: FinishReason::Length,
-    };
-    let mut next: Vec<u32> = prompt.to_vec();
-    for _ in 0..opts.max_new_tokens {
+    let mut d = Decoding::new(prompt.to_vec(), n_members, opts)?;
+    while !d.done {
         crate::interrupt::check()?;
-        if caches[0].len() + next.len() > model.config().context_length {
-            break; // The context is full: stop as if the length limit was reached.
-        }
-        let logits = model.forward_members(&[&next], lora, &mut caches, Logits::Full)?;
-        let step = mix(&logits)?;
-        let id = pick(&step.mixture, opts, &mut rng) as u32;
-        if stop_ids.contains(&id) {
-            out.finish_reason = FinishReason::Eos;
-            break;
-        }
-        out.tokens.push(id);
-        out.probs.push(step.mixture[id as usize] as f32);
-        out.entropy.push(step.entropy as f32);
-        out.expected_entropy.push(step.expected_entropy as f32);
-        out.mutual_information.push(step.mutual_information as f32);
-        if !opts.stop.is_empty() {
-            let text = tokenizer.decode(&out.tokens, true)?;
-            if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                out.text = text[..cut].to_owned();
-                out.finish_reason = FinishReason::Stop;
-                return Ok(out);
-            }
-        }
-        next = vec![id];
+        step(model, tokenizer, lora, stop_ids, &mut [&mut d])?;
     }
-    out.text = tokenizer.decode(&out.tokens, true)?;
-    Ok(out)
+    Ok(d.into_generation())
 }
 
 #[cfg(test)]

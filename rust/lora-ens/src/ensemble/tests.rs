@@ -310,3 +310,110 @@ fn bad_arguments_are_input_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("nothing to score"), "{err}");
 }
+
+#[test]
+fn sequences_decoded_together_equal_each_decoded_alone() {
+    let ens = ensemble();
+    let prompts = [
+        "Once upon a time",
+        "The sun",
+        "A long prompt with several more words",
+    ];
+    let opts: Vec<GenerateOptions> = (0..3)
+        .map(|i| GenerateOptions {
+            max_new_tokens: 6 + 3 * i,
+            temperature: if i == 0 { 0.0 } else { 0.8 },
+            seed: i as u64,
+            top_logprobs: 2,
+            ..Default::default()
+        })
+        .collect();
+    let mut seqs: Vec<_> = prompts
+        .iter()
+        .zip(&opts)
+        .map(|(p, o)| ens.start(ens.encode_prompt(p).unwrap(), o).unwrap())
+        .collect();
+    let mut texts = vec![String::new(); 3];
+    let mut tops = vec![Vec::new(); 3];
+    // The second sequence joins late: a prompt and single tokens in one ragged pass.
+    let late = seqs.remove(1);
+    let mut seqs_refs: Vec<_> = seqs.iter_mut().collect();
+    let first = ens.step(&mut seqs_refs).unwrap();
+    for (k, e) in [0, 2].into_iter().zip(first) {
+        let e = e.unwrap();
+        texts[k].push_str(&e.text);
+        tops[k].push(e.token.unwrap().top);
+    }
+    seqs.insert(1, late);
+    while !seqs.iter().all(|d| d.is_done()) {
+        let mut refs: Vec<_> = seqs.iter_mut().collect();
+        for (k, e) in ens.step(&mut refs).unwrap().into_iter().enumerate() {
+            if let Some(e) = e {
+                texts[k].push_str(&e.text);
+                if let Some(t) = e.token {
+                    tops[k].push(t.top);
+                }
+            }
+        }
+    }
+    for (k, d) in seqs.into_iter().enumerate() {
+        let want = ens.generate(prompts[k], false, &opts[k]).unwrap();
+        assert_eq!(texts[k], want.text, "sequence {k}");
+        // The same tokens; the numbers agree to float rounding (the batched kernels sum in
+        // another order than a single sequence's).
+        let got = d.into_generation();
+        assert_eq!(
+            (&got.tokens, got.finish_reason),
+            (&want.tokens, want.finish_reason)
+        );
+        for (a, b) in [
+            (&got.probs, &want.probs),
+            (&got.entropy, &want.entropy),
+            (&got.expected_entropy, &want.expected_entropy),
+            (&got.mutual_information, &want.mutual_information),
+        ] {
+            assert!(
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1e-3)),
+                "sequence {k}: {a:?} vs {b:?}"
+            );
+        }
+        assert!(tops[k].iter().all(|t| t.len() == 2 && t[0].1 >= t[1].1));
+    }
+}
+
+#[test]
+fn streamed_text_holds_back_a_possible_stop_string() {
+    let ens = ensemble();
+    let free = GenerateOptions {
+        max_new_tokens: 20,
+        temperature: 1.0,
+        seed: 3,
+        ..Default::default()
+    };
+    let text = ens.generate("Once upon", false, &free).unwrap().text;
+    // Stop strings taken from the text itself (so they are met), and one never met.
+    let chars: Vec<char> = text.chars().collect();
+    let mid: String = chars[chars.len() / 2..(chars.len() / 2 + 3).min(chars.len())]
+        .iter()
+        .collect();
+    for stop in [mid, "never-in-the-text".to_owned()] {
+        let opts = GenerateOptions {
+            stop: vec![stop.clone()],
+            ..free.clone()
+        };
+        let want = ens.generate("Once upon", false, &opts).unwrap();
+        let mut d = ens
+            .start(ens.encode_prompt("Once upon").unwrap(), &opts)
+            .unwrap();
+        let mut streamed = String::new();
+        while !d.is_done() {
+            let e = ens.step(&mut [&mut d]).unwrap().remove(0).unwrap();
+            streamed.push_str(&e.text);
+            // Nothing handed out ever contains the stop string.
+            assert!(!streamed.contains(stop.as_str()), "{streamed:?} {stop:?}");
+        }
+        assert_eq!(streamed, want.text, "stop {stop:?}");
+    }
+}
