@@ -28,6 +28,9 @@ import bench_scoring
 import common
 
 SCRIPTS = common.REPO / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+from make_arch_fixtures import LLAMA3_ROPE_SCALING, convert  # noqa: E402
+
 CONFIG = {
     "hidden_size": 2048,
     "intermediate_size": 8192,
@@ -37,13 +40,7 @@ CONFIG = {
     "max_position_embeddings": 131072,
     "rms_norm_eps": 1e-5,
     "rope_theta": 500000.0,
-    "rope_scaling": {
-        "rope_type": "llama3",
-        "factor": 32.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
+    "rope_scaling": LLAMA3_ROPE_SCALING,
     "tie_word_embeddings": True,
 }
 FILES = ("q4_k_m", "q4_1")
@@ -53,9 +50,6 @@ NEW_TOKENS = 32
 
 def prepare(root: Path) -> dict[str, Path]:
     """The random checkpoint and its GGUF files under `root`, made when missing."""
-    sys.path.insert(0, str(SCRIPTS))
-    from make_arch_fixtures import convert
-
     hf, f16 = root / "hf", root / "f16.gguf"
     if not (hf / "model.safetensors").is_file():
         import torch

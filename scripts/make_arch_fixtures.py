@@ -52,6 +52,14 @@ BASE = {
     "max_position_embeddings": 2048,
     "rms_norm_eps": 1e-6,
 }
+# LLaMA-3.2-1B's rope scaling (its config.json).
+LLAMA3_ROPE_SCALING = {
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 ARCHS: dict[str, dict] = {
     # LLaMA-2 / Mistral-7B style: SentencePiece, untied head, GQA (Mistral's).
     "llama2": {
@@ -66,13 +74,7 @@ ARCHS: dict[str, dict] = {
             "rope_theta": 500000.0,
             "tie_word_embeddings": True,
             "max_position_embeddings": 131072,
-            "rope_scaling": {
-                "rope_type": "llama3",
-                "factor": 32.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
+            "rope_scaling": LLAMA3_ROPE_SCALING,
         },
         "vocab": "llama-bpe",
     },

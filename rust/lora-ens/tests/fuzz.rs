@@ -17,24 +17,7 @@ use std::path::{Path, PathBuf};
 
 use lora_ens::{EnsembleManifest, LlamaConfig, LoraAdapter};
 
-/// xorshift64*: small and reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
+use common::Rng;
 
 fn iterations() -> usize {
     std::env::var("LORA_ENS_RS_FUZZ_ITERS")

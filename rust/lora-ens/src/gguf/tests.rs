@@ -490,21 +490,7 @@ fn vocabulary_only_file_opens_without_data_padding() {
     assert_eq!(g.strings("tokenizer.ggml.tokens").unwrap(), ["x", "yz"]);
 }
 
-/// A small deterministic generator (xorshift64*), so failures reproduce from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::test_support::Rng;
 
 /// Open `path`, read every tensor both ways, then build the tokenizer and the model from
 /// it; any outcome but a panic is acceptable.

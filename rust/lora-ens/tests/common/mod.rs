@@ -5,4 +5,4 @@
 #[path = "../../src/test_support.rs"]
 mod test_support;
 
-pub(crate) use test_support::{fixture, max_diff};
+pub(crate) use test_support::{Rng, fixture, max_diff};
