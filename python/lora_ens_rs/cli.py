@@ -44,6 +44,11 @@ PYTHON_MAIN = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also used as the process exit status)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["serve"]:
+        # The server handles SIGTERM / Ctrl-C itself (stop accepting, finish what is in
+        # flight, exit 0): leave both signals to it rather than raising KeyboardInterrupt.
+        _default_signals()
+        return _core.cli_main(["lora-ens-rs", *args], python=sys.executable)
     _stop_on_sigterm()
     if len(args) > 1 and args[0] == "help" and args[1] in PYTHON_MAIN:
         args = [args[1], "--help"]
@@ -64,6 +69,16 @@ def _stop_on_sigterm() -> None:
     try:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        pass
+
+
+def _default_signals() -> None:
+    """Restore the default SIGINT and SIGTERM actions (main thread only), so a command that
+    installs its own handlers receives the signals."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     except ValueError:  # not the main thread
         pass
 

@@ -10,6 +10,11 @@ use pyo3::types::PyDict;
 #[pyo3(signature = (argv, python=None))]
 fn cli_main(py: Python<'_>, argv: Vec<String>, python: Option<String>) -> PyResult<i32> {
     let ctx = lora_ens_cli::Context { python };
+    if argv.get(1).is_some_and(|c| c == "serve") {
+        // The server handles SIGTERM / Ctrl-C itself and exits 0 after draining; Python's
+        // signal checks would turn them into an engine interrupt instead.
+        return Ok(py.detach(move || lora_ens_cli::run(argv, &ctx)));
+    }
     // A Ctrl-C stops the command between batches (nothing is written) and is raised here.
     let (code, signal) = crate::error::run_interruptibly(py, move || lora_ens_cli::run(argv, &ctx));
     match signal {

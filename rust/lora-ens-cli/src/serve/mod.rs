@@ -106,6 +106,7 @@ impl ServeArgs {
 
 /// Run `serve` until SIGTERM / Ctrl-C.
 pub fn run(args: &ServeArgs, ctx: &Context) -> Result<()> {
+    restore_default_signals();
     let device = args.model.device()?;
     if !args.host.is_loopback() {
         eprintln!(
@@ -164,6 +165,20 @@ pub fn run(args: &ServeArgs, ctx: &Context) -> Result<()> {
     engine.shutdown();
     eprintln!("stopped");
     Ok(())
+}
+
+/// The binary's handlers turn SIGINT / SIGTERM into the engine's stop flag, which would make
+/// in-flight requests fail; the server drains them instead. With the default actions back,
+/// the handlers tokio installs for [`shutdown_signal`] are the only ones (tokio chains to a
+/// previous handler, not to a default action).
+fn restore_default_signals() {
+    #[cfg(unix)]
+    // SAFETY: resetting two signals to their default action; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
+    lora_ens::interrupt::clear();
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).
