@@ -1,7 +1,10 @@
 //! Quantized weight matrices kept in their GGUF block format, with the two products the
 //! model needs: `x W^T` (a linear layer) and gathering rows (embedding lookup, label rows
 //! of the lm_head). On CPU a matrix is dequantized into a scratch buffer just before its
-//! GEMM, so memory holds the quantized model while arithmetic runs at f32 GEMM speed.
+//! GEMM, so memory holds the quantized model while arithmetic runs at f32 GEMM speed. A
+//! product with few rows (decoding: one new position per member and sequence) instead runs
+//! straight from the blocks ([`kernels::matvec_t`]): it reads each weight once and writes
+//! no f32 copy of the matrix.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -12,6 +15,11 @@ use crate::{Error, Result, kernels};
 /// Rows of the scratch buffer dequantized at once for very tall matrices (the lm_head):
 /// bounds the scratch at `CHUNK_ROWS * cols` floats.
 const CHUNK_ROWS: usize = 8192;
+
+/// Products `x W^T` with at most this many rows of `x` run from the quantized blocks; more
+/// rows go through the scratch buffer and the GEMM, whose register blocking wins once each
+/// weight is used by many rows (benches/README.md, `bench_matvec`).
+pub(crate) const MATVEC_MAX_ROWS: usize = 16;
 
 enum Storage {
     /// Raw ggml blocks in host memory, dequantized by [`kernels`].
@@ -107,8 +115,36 @@ impl QWeight {
         }
     }
 
+    /// The host blocks when `x` is an `(n, cols)` CPU matrix with few enough rows for
+    /// [`kernels::matvec_t`].
+    fn matvec_data(&self, x: &Tensor) -> Option<&[u8]> {
+        match &self.storage {
+            Storage::Host(data)
+                if x.device().is_cpu()
+                    && x.dims().len() == 2
+                    && x.dims()[0] <= MATVEC_MAX_ROWS
+                    && x.dims()[1] == self.cols =>
+            {
+                Some(&data[..])
+            }
+            _ => None,
+        }
+    }
+
     /// `x W^T` for `x` of shape `(n, cols)`: returns `(n, rows)`.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(data) = self.matvec_data(x) {
+            let n = x.dims()[0];
+            let xs = host_rows(x)?;
+            let mut out = vec![0f32; n * self.rows];
+            kernels::matvec_t(self.dtype, data, self.cols, &xs, &mut out);
+            return Ok(Tensor::from_vec(out, (n, self.rows), x.device())?);
+        }
+        self.matmul_t_gemm(x)
+    }
+
+    /// `x W^T` through the dequantized matrix and the GEMM, whatever the number of rows.
+    pub(crate) fn matmul_t_gemm(&self, x: &Tensor) -> Result<Tensor> {
         if self.rows <= CHUNK_ROWS {
             let w = self.dequantize_range(0, self.rows, x.device())?; // (rows, cols)
             return Ok(x.matmul(&w.t()?)?);
@@ -144,11 +180,27 @@ impl QWeight {
         let mut max = vec![f64::NEG_INFINITY; n];
         let mut sum = vec![0f64; n];
         let mut picked = vec![0f64; n];
+        // Few positions: straight from the blocks.
+        let host = match self.matvec_data(x) {
+            Some(data) => Some((data, host_rows(x)?)),
+            None => None,
+        };
+        let rb = kernels::row_bytes(self.dtype, self.cols);
         for start in (0..self.rows).step_by(CHUNK_ROWS) {
             let len = CHUNK_ROWS.min(self.rows - start);
-            let w = self.dequantize_range(start, len, x.device())?;
-            let logits = x.matmul(&w.t()?)?.to_vec2::<f32>()?; // (n, len)
-            for (r, row) in logits.iter().enumerate() {
+            let logits = match &host {
+                Some((data, xs)) => {
+                    let mut out = vec![0f32; n * len];
+                    let chunk = &data[start * rb..(start + len) * rb];
+                    kernels::matvec_t(self.dtype, chunk, self.cols, xs, &mut out);
+                    out
+                }
+                None => {
+                    let w = self.dequantize_range(start, len, x.device())?;
+                    x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?
+                }
+            }; // (n, len)
+            for (r, row) in logits.chunks_exact(len).enumerate() {
                 let chunk_max = row
                     .iter()
                     .fold(f64::NEG_INFINITY, |a, &v| a.max(f64::from(v)));
@@ -196,6 +248,11 @@ impl QWeight {
             }
         }
     }
+}
+
+/// The elements of `x` in row-major order as f32 (the activations of a few-row product).
+fn host_rows(x: &Tensor) -> Result<Vec<f32>> {
+    Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// A 1-D f32 tensor (norm weights) of length `len`.
