@@ -109,8 +109,52 @@ mod avx2 {
 
     use super::super::{dequantize_block_run_generic, row_bytes};
 
-    /// Rows of `x` handled together: each weight vector loaded is used this many times.
-    const GROUP: usize = 4;
+    /// Rows of `x` handled together: each weight vector decoded is used this many times.
+    const GROUP: usize = 8;
+
+    /// `$f::<R, ...>(args)` with `R = $g` (1 to [`GROUP`]) as a compile-time constant.
+    macro_rules! by_group {
+        ($g:expr, $f:ident $(, $c:expr)*; $($arg:expr),*) => {
+            match $g {
+                8 => $f::<8 $(, $c)*>($($arg),*),
+                7 => $f::<7 $(, $c)*>($($arg),*),
+                6 => $f::<6 $(, $c)*>($($arg),*),
+                5 => $f::<5 $(, $c)*>($($arg),*),
+                4 => $f::<4 $(, $c)*>($($arg),*),
+                3 => $f::<3 $(, $c)*>($($arg),*),
+                2 => $f::<2 $(, $c)*>($($arg),*),
+                _ => $f::<1 $(, $c)*>($($arg),*),
+            }
+        };
+    }
+
+    /// Accumulate 32 decoded weights `w` times columns `c..c + 32` of each of the `R` rows of
+    /// `x` (at `xp`, rows `cols` apart). Up to four rows keep two sums each (the FMA latency
+    /// would bound one chain); more rows have enough chains with one each, and all of them
+    /// fit in the 16 registers with the weights.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `xp + i * cols + c + 32` in bounds for every `i < R`.
+    #[inline(always)]
+    unsafe fn fma_block<const R: usize>(
+        acc: &mut [[__m256; 2]; R],
+        w: &[__m256; 4],
+        xp: *const f32,
+        cols: usize,
+        c: usize,
+    ) {
+        let second = usize::from(R <= 4);
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: in bounds by the caller's contract.
+            unsafe {
+                let xr = xp.add(i * cols + c);
+                a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xr), a[0]);
+                a[second] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xr.add(8)), a[second]);
+                a[0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xr.add(16)), a[0]);
+                a[second] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xr.add(24)), a[second]);
+            }
+        }
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn rows_task(
@@ -130,19 +174,10 @@ mod avx2 {
                         let g = GROUP.min(n - r);
                         let xs = &x[r * cols..(r + g) * cols];
                         let o = &mut o[r..r + g];
-                        match (dtype, g) {
-                            (GgmlDType::Q4_0, 4) => fused_q4::<4, false>(row, cols, xs, o),
-                            (GgmlDType::Q4_0, 3) => fused_q4::<3, false>(row, cols, xs, o),
-                            (GgmlDType::Q4_0, 2) => fused_q4::<2, false>(row, cols, xs, o),
-                            (GgmlDType::Q4_0, _) => fused_q4::<1, false>(row, cols, xs, o),
-                            (GgmlDType::Q4_1, 4) => fused_q4::<4, true>(row, cols, xs, o),
-                            (GgmlDType::Q4_1, 3) => fused_q4::<3, true>(row, cols, xs, o),
-                            (GgmlDType::Q4_1, 2) => fused_q4::<2, true>(row, cols, xs, o),
-                            (GgmlDType::Q4_1, _) => fused_q4::<1, true>(row, cols, xs, o),
-                            (_, 4) => fused_q8_0::<4>(row, cols, xs, o),
-                            (_, 3) => fused_q8_0::<3>(row, cols, xs, o),
-                            (_, 2) => fused_q8_0::<2>(row, cols, xs, o),
-                            _ => fused_q8_0::<1>(row, cols, xs, o),
+                        match dtype {
+                            GgmlDType::Q4_0 => by_group!(g, fused_q4, false; row, cols, xs, o),
+                            GgmlDType::Q4_1 => by_group!(g, fused_q4, true; row, cols, xs, o),
+                            _ => by_group!(g, fused_q8_0; row, cols, xs, o),
                         }
                         r += g;
                     }
@@ -167,23 +202,18 @@ mod avx2 {
             let g = GROUP.min(out.len() - r);
             let xs = &x[r * cols..(r + g) * cols];
             let o = &mut out[r..r + g];
-            match g {
-                4 => dot_group::<4>(w, xs, o),
-                3 => dot_group::<3>(w, xs, o),
-                2 => dot_group::<2>(w, xs, o),
-                _ => dot_group::<1>(w, xs, o),
-            }
+            by_group!(g, dot_group; w, xs, o);
             r += g;
         }
     }
 
-    /// `out[i] = w . x[i]` for `R` rows of `x`, sixteen columns per step.
+    /// `out[i] = w . x[i]` for `R` rows of `x`, 32 columns per step.
     #[inline(always)]
     fn dot_group<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32]) {
         let cols = w.len();
-        let main = cols / 16 * 16;
+        let main = cols / 32 * 32;
         debug_assert!(x.len() >= R * cols && out.len() >= R);
-        // SAFETY: every load reads 8 floats at `c + 0..16 < main <= cols` of `w` or of one
+        // SAFETY: every load reads 8 floats at `c + 0..32 <= main <= cols` of `w` or of one
         // of the `R` rows of `x` (length `R * cols`, checked by the slicing of the callers).
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -191,14 +221,14 @@ mod avx2 {
             let xp = x.as_ptr();
             let mut c = 0;
             while c < main {
-                let w0 = _mm256_loadu_ps(wp.add(c));
-                let w1 = _mm256_loadu_ps(wp.add(c + 8));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let xr = xp.add(i * cols + c);
-                    a[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a[0]);
-                    a[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr.add(8)), a[1]);
-                }
-                c += 16;
+                let wv = [
+                    _mm256_loadu_ps(wp.add(c)),
+                    _mm256_loadu_ps(wp.add(c + 8)),
+                    _mm256_loadu_ps(wp.add(c + 16)),
+                    _mm256_loadu_ps(wp.add(c + 24)),
+                ];
+                fma_block(&mut acc, &wv, xp, cols, c);
+                c += 32;
             }
             for (i, a) in acc.iter().enumerate() {
                 let xr = &x[i * cols..(i + 1) * cols];
@@ -268,14 +298,7 @@ mod avx2 {
                     _mm256_fmadd_ps(u8s_to_f32(hi), d, m),
                     _mm256_fmadd_ps(u8s_to_f32(_mm_srli_si128(hi, 8)), d, m),
                 ];
-                let c = 32 * bi;
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let xr = xp.add(i * cols + c);
-                    a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xr), a[0]);
-                    a[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xr.add(8)), a[1]);
-                    a[0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xr.add(16)), a[0]);
-                    a[1] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xr.add(24)), a[1]);
-                }
+                fma_block(&mut acc, &w, xp, cols, 32 * bi);
             }
             for (o, a) in out.iter_mut().zip(&acc) {
                 *o = hsum(_mm256_add_ps(a[0], a[1]));
@@ -309,14 +332,7 @@ mod avx2 {
                         d,
                     ),
                 ];
-                let c = 32 * bi;
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let xr = xp.add(i * cols + c);
-                    a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xr), a[0]);
-                    a[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xr.add(8)), a[1]);
-                    a[0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xr.add(16)), a[0]);
-                    a[1] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xr.add(24)), a[1]);
-                }
+                fma_block(&mut acc, &w, xp, cols, 32 * bi);
             }
             for (o, a) in out.iter_mut().zip(&acc) {
                 *o = hsum(_mm256_add_ps(a[0], a[1]));

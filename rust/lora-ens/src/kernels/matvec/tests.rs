@@ -66,14 +66,14 @@ fn case(
     Ok((data, x, want))
 }
 
-/// Every supported type, 1 to 9 input rows (whole and partial groups of four), an odd
+/// Every supported type, 1 to 9, 16 and 17 input rows (whole and partial groups), an odd
 /// number of output rows: within 1e-5 of the GEMM (relative to the larger of 1 and the value).
 #[test]
 fn matches_the_gemm_path_on_every_type() -> candle_core::Result<()> {
     let (rows, cols) = (37, 512);
     for (i, dtype) in TYPES.into_iter().enumerate() {
         assert!(supports(dtype));
-        for n in 1..=9 {
+        for n in (1..=9).chain([16, 17]) {
             let (data, x, want) = case(dtype, rows, cols, n, 1000 * i as u64 + n as u64)?;
             let mut got = vec![f32::NAN; n * rows];
             matvec_t(dtype, &data, cols, &x, &mut got);
