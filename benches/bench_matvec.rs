@@ -11,19 +11,21 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
 /// Best wall time in seconds of `repeats` timed runs of `f`, after one warm-up run.
-fn best_of(repeats: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..repeats)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
+fn best_of(repeats: usize, mut f: impl FnMut() -> BoxResult<()>) -> BoxResult<f64> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> BoxResult<()> {
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse())
@@ -61,14 +63,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let xt = Tensor::from_vec(x.clone(), (n, cols), &dev)?;
             let mut out = vec![0f32; n * rows];
             let blocks = best_of(repeats, || {
-                lora_ens::matvec_t(dtype, &data, cols, &x, &mut out).expect("matvec");
-            });
+                lora_ens::matvec_t(dtype, &data, cols, &x, &mut out)?;
+                Ok(())
+            })?;
             let gemm = best_of(repeats, || {
-                lora_ens::dequantize(dtype, &data, cols, &mut dense).expect("dequantize");
-                let w = Tensor::from_slice(&dense, (rows, cols), &dev).expect("tensor");
-                let y = xt.matmul(&w.t().expect("t")).expect("matmul");
-                std::hint::black_box(y);
-            });
+                lora_ens::dequantize(dtype, &data, cols, &mut dense)?;
+                let w = Tensor::from_slice(&dense, (rows, cols), &dev)?;
+                std::hint::black_box(xt.matmul(&w.t()?)?);
+                Ok(())
+            })?;
             println!(
                 "| {dtype:?} | {n} | {:.0} | {:.0} | {:.2} | {:.1} |",
                 blocks * 1e6,
