@@ -4,11 +4,11 @@ loop) and transformers (+ PEFT: the M members run one after another at every ste
 next-token probabilities averaged as the engine does), side by side.
 
 Each (model, M, peer) runs in its own subprocess: load, warm up on 2 tokens, then generate
---new-tokens tokens greedily after one CommonsenseQA prompt, best of --repeats. Columns: tokens/s,
+--new-tokens tokens greedily after a fixed prompt, best of --repeats. Columns: tokens/s,
 the achieved GB/s of weight traffic (bytes of the weights one token reads, times tokens/s: each
 member's step reads every matrix once, so the ensemble reads them once per token for all M) next
 to the machine's copy bandwidth (numpy copy of 1 GiB, bytes copied per second), and agreement of
-the generated tokens with transformers'. `--engine-so` adds an engine column per extra build
+the generated tokens with transformers'. The prompt is a story opening (`PROMPT`). `--engine-so` adds an engine column per extra build
 (e.g. an older `_core.abi3.so`, to compare before/after). Run:
 
     OMP_WAIT_POLICY=passive .venv/bin/python benches/bench_decode.py [--members 1,5] \\
@@ -26,10 +26,13 @@ import time
 from pathlib import Path
 
 import bench_ensemble
-import bench_scoring
 import common
 
 PEERS = ("engine", "llamacpp", "transformers")
+INIT_SCALE = 0.02  # std of the random lora_A / lora_B entries
+# A story opening: greedy continuations run to the token limit (a question prompt ending in
+# "Answer:" made SmolLM2 emit EOS at once, leaving nothing to time).
+PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 
 
 def model_paths(cache: Path) -> dict[str, Path]:
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = dict(spec.split("=", 1) for spec in args.engine_so)
     copy_gbs = copy_bandwidth_gbs()
     load0 = os.getloadavg()
-    prompt = bench_scoring.load_questions(common.REPO.parent / "shared" / "data", 1)[0]["text"]
+    prompt = PROMPT
     results: dict[tuple[str, int, str], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -223,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                 else AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             )
             ids = tok(prompt)["input_ids"]
+            # Gentler members than bench_ensemble's: with its scale the 5-member mixture of
+            # SmolLM2 ends the answer (EOS) at once, leaving nothing to time.
+            bench_ensemble.INIT_SCALE = INIT_SCALE
             adapters = bench_ensemble.make_adapters(path, ["all"], max(members), tmp / model)
             for m in members:
                 runs = [(f"engine-{name}", "engine", so) for name, so in extra.items()]
