@@ -8,8 +8,9 @@ Each (model, M, peer) runs in its own subprocess: load, warm up on 2 tokens, the
 the achieved GB/s of weight traffic (bytes of the weights one token reads, times tokens/s: each
 member's step reads every matrix once, so the ensemble reads them once per token for all M) next
 to the machine's copy bandwidth (numpy copy of 1 GiB, bytes copied per second), and agreement of
-the generated tokens with transformers'. The prompt is a story opening (`PROMPT`). `--engine-so` adds an engine column per extra build
-(e.g. an older `_core.abi3.so`, to compare before/after). Run:
+the generated tokens with transformers'. The prompt is a story opening (`PROMPT`).
+`--engine-so` adds an engine row per extra build (e.g. an older `_core.abi3.so`, to compare
+before/after). Run:
 
     OMP_WAIT_POLICY=passive .venv/bin/python benches/bench_decode.py [--members 1,5] \\
         [--models smollm2,llama1b-q4_k_m,llama1b-q4_1] [--engine-so before=/path/_core.abi3.so]
