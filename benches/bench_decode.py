@@ -1,7 +1,8 @@
 """Greedy decoding speed: the engine's M-member ensemble (M = 1, 5 random LoRA members, r=8 on
 q_proj + v_proj in every layer) against llama.cpp (base model, its own one-token-at-a-time
 loop) and transformers (+ PEFT: the M members run one after another at every step, their
-next-token probabilities averaged as the engine does), side by side.
+next-token probabilities averaged as the engine does), side by side. M = 0 is the base model
+from token ids (`Model.generate_greedy`: files whose tokenizer the engine lacks).
 
 Each (model, M, peer) runs in its own subprocess: load, warm up on 2 tokens, then generate
 --new-tokens tokens greedily after a fixed prompt, best of --repeats. Columns: tokens/s,
@@ -84,6 +85,14 @@ def run_engine(job: dict):
         spec.loader.exec_module(module)
     import lora_ens_rs
 
+    if not job["members"]:
+        # M = 0: the base model from token ids (no tokenizer needed).
+        model = lora_ens_rs._core.Model(job["model_path"])
+
+        def run_base(n_new: int) -> list[int]:
+            return model.generate_greedy(job["ids"], max_new_tokens=n_new, stop_ids=[])
+
+        return run_base
     ens = lora_ens_rs.Ensemble(job["model_path"], job["members"])
 
     def run(n_new: int) -> list[int]:
@@ -130,21 +139,23 @@ def run_transformers(job: dict):
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
     names = [f"m{i}" for i in range(len(job["members"]))]
-    model = PeftModel.from_pretrained(model, job["members"][0], adapter_name=names[0])
-    for name, member in zip(names[1:], job["members"][1:], strict=True):
-        model.load_adapter(member, adapter_name=name)
+    if names:
+        model = PeftModel.from_pretrained(model, job["members"][0], adapter_name=names[0])
+        for name, member in zip(names[1:], job["members"][1:], strict=True):
+            model.load_adapter(member, adapter_name=name)
     model.eval()
     eos = set(job["eos"])
 
     def run(n_new: int) -> list[int]:
-        caches = [DynamicCache() for _ in names]
+        caches = [DynamicCache() for _ in names or [None]]
         inputs = torch.tensor([job["ids"]])
         out: list[int] = []
         with torch.inference_mode():
             for _ in range(n_new):
                 probs = 0
-                for name, cache in zip(names, caches, strict=True):
-                    model.set_adapter(name)
+                for name, cache in zip(names or [None], caches, strict=True):
+                    if name is not None:
+                        model.set_adapter(name)
                     logits = model(input_ids=inputs, past_key_values=cache, use_cache=True).logits
                     probs = probs + torch.softmax(logits[0, -1], dim=-1)
                 out.append(int(probs.argmax()))
@@ -230,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             # Gentler members than bench_ensemble's: with its scale the 5-member mixture of
             # SmolLM2 ends the answer (EOS) at once, leaving nothing to time.
             bench_ensemble.INIT_SCALE = INIT_SCALE
-            adapters = bench_ensemble.make_adapters(path, ["all"], max(members), tmp / model)
+            adapters = {"all": []}
+            if max(members) > 0:
+                adapters = bench_ensemble.make_adapters(path, ["all"], max(members), tmp / model)
             for m in members:
                 runs = [(f"engine-{name}", "engine", so) for name, so in extra.items()]
                 runs += [(p, p, None) for p in peers]
