@@ -127,8 +127,13 @@ fn odd_lengths_many_rows_and_the_baseline_code() -> candle_core::Result<()> {
 /// decoding would show here even where the other elements hide it in a dot product).
 #[test]
 fn fused_kernels_decode_every_element() {
-    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-        let (rows, cols) = (3, 64);
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+    ] {
+        let (rows, cols) = (3, 512);
         let w = Tensor::from_vec(random_floats(rows * cols, 5), (rows, cols), &Device::Cpu)
             .and_then(|t| QTensor::quantize(&t, dtype))
             .and_then(|q| q.data().map(|d| d.into_owned()))
