@@ -4,8 +4,8 @@
 //! A GEMM needs the whole matrix in f32 first (written to and read back from memory); here
 //! each output row of `W` is dequantized into a small buffer that stays in L1 and dotted with
 //! every row of `x` at once, so the memory traffic is the quantized weights only. Output rows
-//! are split across rayon's threads. The hottest types (Q4_0, Q4_1, Q8_0, Q4_K) are dequantized in
-//! registers instead of through the buffer. Results equal the GEMM's up to the order of the
+//! are split across rayon's threads. The hottest types (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) are
+//! dequantized in registers instead of through the buffer. Results equal the GEMM's up to the order of the
 //! f32 additions (and fused multiply-adds in the AVX2 code): well within 1e-5 relative.
 
 use candle_core::quantized::GgmlDType;
@@ -167,7 +167,11 @@ mod avx2 {
         let rb = row_bytes(dtype, cols);
         let n = x.len() / cols;
         match dtype {
-            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::Q4K => {
+            GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q8_0
+            | GgmlDType::Q4K
+            | GgmlDType::Q6K => {
                 for (row, o) in data.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
                     let mut r = 0;
                     while r < n {
@@ -178,6 +182,7 @@ mod avx2 {
                             GgmlDType::Q4_0 => by_group!(g, fused_q4, false; row, cols, xs, o),
                             GgmlDType::Q4_1 => by_group!(g, fused_q4, true; row, cols, xs, o),
                             GgmlDType::Q4K => by_group!(g, fused_q4k; row, cols, xs, o),
+                            GgmlDType::Q6K => by_group!(g, fused_q6k; row, cols, xs, o),
                             _ => by_group!(g, fused_q8_0; row, cols, xs, o),
                         }
                         r += g;
@@ -349,6 +354,64 @@ mod avx2 {
                             _mm256_fmadd_ps(u8s_to_f32(_mm_srli_si128(q1, 8)), scale, offset),
                         ];
                         fma_block(&mut acc, &w, xp, cols, QK_K * bi + 32 * j);
+                    }
+                }
+            }
+            for (o, a) in out.iter_mut().zip(&acc) {
+                *o = hsum(_mm256_add_ps(a[0], a[1]));
+            }
+        }
+    }
+
+    /// Q6_K rows (super-blocks of 256: `ql[128]` low nibbles, `qh[64]` high two bits,
+    /// `scales[16]` (i8), `d`): in half `h`, group `g` of 32 elements takes nibble `g / 2` of
+    /// `ql[64h + 32 (g % 2) + l]` and bits `2g..2g + 2` of `qh[32h + l]`; each 16 elements
+    /// share `d sc`: `(d sc) (q - 32)`, computed as one FMA `q (d sc) - 32 (d sc)` (the same
+    /// rounding: `32 (d sc)` is exact). Dotted with at most [`GROUP`] rows of `x`.
+    #[inline(always)]
+    fn fused_q6k<const R: usize>(row: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+        use super::super::kquants::{Q6K_BYTES, QK_K};
+        debug_assert!(
+            x.len() == R * cols && out.len() == R && row.len() * QK_K == cols * Q6K_BYTES
+        );
+        // SAFETY: each super-block reads 16-byte runs inside its `ql` (128 bytes) and `qh`
+        // (64 bytes) within `row` (`Q6K_BYTES` per super-block), and 256 floats at
+        // `256 b..256 b + 256 <= cols` of each of the `R` rows of `x`.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let xp = x.as_ptr();
+            let low = _mm_set1_epi8(0x0f);
+            let three = _mm_set1_epi8(3);
+            for (bi, b) in row.chunks_exact(Q6K_BYTES).enumerate() {
+                let d = half(b, 208);
+                let ql = b.as_ptr();
+                let qh = b.as_ptr().add(128);
+                for h in 0..2 {
+                    for g in 0..4 {
+                        let mut w = [_mm256_setzero_ps(); 4];
+                        for k in 0..2 {
+                            let l = ql.add(64 * h + 32 * (g % 2) + 16 * k);
+                            let l = _mm_loadu_si128(l.cast());
+                            let nib = if g < 2 {
+                                _mm_and_si128(l, low)
+                            } else {
+                                _mm_and_si128(_mm_srli_epi16(l, 4), low)
+                            };
+                            let hb = _mm_loadu_si128(qh.add(32 * h + 16 * k).cast());
+                            let hb = _mm_and_si128(
+                                _mm_srl_epi16(hb, _mm_cvtsi32_si128(2 * g as i32)),
+                                three,
+                            );
+                            let q = _mm_or_si128(nib, _mm_slli_epi16(hb, 4));
+                            let sc = b[192 + 8 * h + 2 * g + k] as i8;
+                            let scale = d * f32::from(sc);
+                            let sv = _mm256_set1_ps(scale);
+                            let off = _mm256_set1_ps(-32.0 * scale);
+                            w[2 * k] = _mm256_fmadd_ps(u8s_to_f32(q), sv, off);
+                            w[2 * k + 1] =
+                                _mm256_fmadd_ps(u8s_to_f32(_mm_srli_si128(q, 8)), sv, off);
+                        }
+                        fma_block(&mut acc, &w, xp, cols, QK_K * bi + 128 * h + 32 * g);
                     }
                 }
             }
