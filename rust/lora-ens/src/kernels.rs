@@ -5,7 +5,8 @@
 //! that feeds an f32 GEMM. The loops below are plain Rust over whole blocks, written so the
 //! compiler vectorises them; the arithmetic (`q * d + m` in f32, no FMA) is the one ggml and
 //! gguf-py use, so the dequantized weights are bit-identical to what transformers loads.
-//! The K-quants (256-element super-blocks) live in [`kquants`].
+//! The K-quants (256-element super-blocks) live in [`kquants`]; products with few rows
+//! (decoding) skip the scratch buffer and run from the blocks in [`matvec`].
 
 use candle_core::quantized::GgmlDType;
 use half::slice::HalfFloatSliceExt;
@@ -13,6 +14,9 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 mod kquants;
+mod matvec;
+
+pub use matvec::matvec_t;
 
 /// Whether [`dequantize_rows`] handles this type itself (others go through candle).
 pub fn supports(dtype: GgmlDType) -> bool {
@@ -371,8 +375,18 @@ mod tests {
             );
             let dense = q.dequantize(&dev)?;
             let want = x.matmul(&dense.t()?)?;
-            let got = w.matmul_t(&x)?;
-            assert_eq!(got.to_vec2::<f32>()?, want.to_vec2::<f32>()?, "{name}");
+            // The GEMM path gives the same bits as candle; the few-row path (3 rows) agrees
+            // up to the order of additions.
+            let gemm = w.matmul_t_gemm(&x)?;
+            assert_eq!(gemm.to_vec2::<f32>()?, want.to_vec2::<f32>()?, "{name}");
+            let got = w.matmul_t(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            let want = want.flatten_all()?.to_vec1::<f32>()?;
+            for (g, e) in got.iter().zip(&want) {
+                assert!(
+                    (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                    "{name}: {g} vs {e}"
+                );
+            }
             let ids = [4u32, 0, 4];
             let idx = Tensor::from_vec(ids.to_vec(), 3, &dev)?;
             assert_eq!(

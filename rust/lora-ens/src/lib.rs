@@ -66,7 +66,7 @@ pub use questions::{QuestionScores, RECORD_SCHEMA_VERSION, Record, ScoringSpec, 
 pub use reduce::{Reduced, reduce};
 pub use score::{ScoreOptions, Scores};
 pub use tokenizer::Tokenizer;
-pub use weights::{dequantize, engine_dequantizes, read_tensor_f32};
+pub use weights::{dequantize, engine_dequantizes, matvec_t, read_tensor_f32};
 
 /// The version of this crate (and of the Python package built from it).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -80,6 +80,38 @@ pub fn dequantize(dtype: GgmlDType, data: &[u8], cols: usize, out: &mut [f32]) -
     Ok(())
 }
 
+/// `out = x W^T` straight from the blocks, the engine's few-row (decoding) product: `x` is
+/// `(n, cols)` row-major, `data` holds whole rows of `W` in `dtype`'s layout, `out` is
+/// `(n, rows)`. Equal to the dequantized matrix's product up to the order of additions.
+///
+/// Errors: [`Error::Input`] as for [`dequantize`], or when `x` and `out` are not whole rows
+/// of the product.
+pub fn matvec_t(
+    dtype: GgmlDType,
+    data: &[u8],
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    if !kernels::supports(dtype) || cols == 0 || cols % dtype.block_size() != 0 {
+        return Err(Error::Input(format!(
+            "rows of {cols} elements of type {dtype:?} are not whole blocks the engine decodes"
+        )));
+    }
+    let rb = kernels::row_bytes(dtype, cols);
+    let (n, rows) = (x.len() / cols, data.len() / rb);
+    if x.len() % cols != 0 || data.len() % rb != 0 || out.len() != n * rows {
+        return Err(Error::Input(format!(
+            "{} bytes of {dtype:?} rows and {} inputs of {cols} do not make {} outputs",
+            data.len(),
+            x.len(),
+            out.len()
+        )));
+    }
+    kernels::matvec_t(dtype, data, cols, x, out);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,7 @@ pub(super) fn q3k(data: &[u8], out: &mut [f32]) {
 
 /// The eight 6-bit scales and mins of a Q4_K / Q5_K super-block (ggml's `get_scale_min_k4`).
 #[inline(always)]
-fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(super) fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut m = [0u8; 8];
     for j in 0..4 {
