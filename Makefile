@@ -87,4 +87,4 @@ bench:  ## Side-by-side benchmarks against transformers, llama.cpp and PEFT (see
 .PHONY: clean
 clean:  ## Remove build outputs, the virtual environment and generated fixtures
 	cargo clean
-	rm -rf $(VENV) $(FIXTURES)
+	rm -rf $(VENV) $(FIXTURES) tests/fixtures/arch
