@@ -118,7 +118,9 @@ pub fn ggml_type(id: u32) -> Option<GgmlType> {
         6 => t("Q5_0", 32, 2 + 4 + 16, Some(GgmlDType::Q5_0)),
         7 => t("Q5_1", 32, 2 + 2 + 4 + 16, Some(GgmlDType::Q5_1)),
         8 => t("Q8_0", 32, 2 + 32, Some(GgmlDType::Q8_0)),
-        9 => t("Q8_1", 32, 4 + 4 + 32, None),
+        // ggml's `block_q8_1` is two f16 (d, s) and 32 int8: 36 bytes, as candle writes it
+        // (gguf-py's size table says 40).
+        9 => t("Q8_1", 32, 2 + 2 + 32, None),
         10 => t("Q2_K", K, 2 + 2 + K / 16 + K / 4, Some(GgmlDType::Q2K)),
         11 => t("Q3_K", K, 2 + K / 4 + K / 8 + 12, Some(GgmlDType::Q3K)),
         12 => t("Q4_K", K, 2 + 2 + K / 2 + 12, Some(GgmlDType::Q4K)),

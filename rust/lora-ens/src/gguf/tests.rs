@@ -385,7 +385,7 @@ fn unknown_and_unsupported_tensor_types_are_named() {
         (34, "TQ1_0", 54),
         (35, "TQ2_0", 66),
         (39, "MXFP4", 8 * 17),
-        (9, "Q8_1", 8 * 40),
+        (9, "Q8_1", 8 * 36),
     ] {
         let t = "blk.0.ffn_up.weight";
         let b = valid().zero_tensor(t, &[256], id, bytes as usize);
