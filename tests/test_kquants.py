@@ -246,7 +246,7 @@ def test_read_tensor_errors(tmp_path: Path) -> None:
     ones = np.ones((2, 32), np.float32)
     write_gguf(path, {"odd.weight": (raw, QT.Q8_K), "ok.weight": (ones, QT.F32)})
     assert np.array_equal(_core.read_tensor(path, "ok.weight"), np.ones((2, 32), np.float32))
-    with pytest.raises(ModelLoadError, match=r"odd\.weight.*Q8K"):
+    with pytest.raises(ModelLoadError, match=r"odd\.weight.*Q8_K"):
         _core.read_tensor(path, "odd.weight")
     with pytest.raises(ModelLoadError, match=r"no\.such\.weight.*missing"):
         _core.read_tensor(path, "no.such.weight")
