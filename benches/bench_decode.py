@@ -104,7 +104,6 @@ def run_engine(job: dict):
 
 def run_llamacpp(job: dict):
     import llama_cpp
-    import numpy as np
 
     llm = llama_cpp.Llama(
         model_path=job["model_path"],
@@ -113,17 +112,9 @@ def run_llamacpp(job: dict):
         n_threads_batch=job["threads"],
         verbose=False,
     )
-    n_vocab = llm.n_vocab()
 
     def run(n_new: int) -> list[int]:
-        llm.reset()
-        llm.eval(job["ids"])
-        out = []
-        for _ in range(n_new):
-            last = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
-            out.append(int(last.argmax()))
-            llm.eval([out[-1]])
-        return out
+        return common.llamacpp_greedy(llm, job["ids"], n_new)
 
     return run
 

@@ -125,7 +125,6 @@ def decode_engine(job: dict):
 
 def decode_llamacpp(job: dict):
     import llama_cpp
-    import numpy as np
 
     llm = llama_cpp.Llama(
         model_path=job["model_path"],
@@ -134,17 +133,9 @@ def decode_llamacpp(job: dict):
         n_threads_batch=job["threads"],
         verbose=False,
     )
-    n_vocab = llm.n_vocab()
 
     def run(ids):
-        llm.reset()
-        llm.eval(ids)
-        out = []
-        for _ in range(NEW_TOKENS):
-            last = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
-            out.append(int(last.argmax()))
-            llm.eval([out[-1]])
-        return out
+        return common.llamacpp_greedy(llm, ids, NEW_TOKENS)
 
     return run
 

@@ -163,3 +163,19 @@ def write_report(out: Path | None, md: str, summary: dict) -> None:
     md_path = out.with_suffix(".md") if out.suffix == ".json" else out
     md_path.write_text(md + "\n")
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def llamacpp_greedy(llm: Any, ids: list[int], n_new: int) -> list[int]:
+    """llama.cpp's own greedy decoding with llama-cpp-python: evaluate the prompt, then one
+    token at a time, taking the argmax of the last position's logits."""
+    import numpy as np
+
+    n_vocab = llm.n_vocab()
+    llm.reset()
+    llm.eval(ids)
+    out: list[int] = []
+    for _ in range(n_new):
+        last = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+        out.append(int(last.argmax()))
+        llm.eval([out[-1]])
+    return out
