@@ -171,6 +171,29 @@ def test_generate(ens: lora_ens_rs.Ensemble) -> None:
     np.testing.assert_array_equal(a.entropy, b.entropy)
 
 
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "seed": 5, "top_p": 0.9}])
+def test_generate_batch_equals_one_by_one(ens: lora_ens_rs.Ensemble, sampling: dict) -> None:
+    # Prompts of different lengths: the batch is ragged, and sequences finish at different steps.
+    prompts = ["Once upon a time", "The capital of France is", "Ice", "1, 2, 3, 4, 5, 6, 7,"]
+    batch = ens.generate_batch(prompts, max_new_tokens=12, stop=["zz"], **sampling)
+    assert len(batch) == len(prompts)
+    for prompt, b in zip(prompts, batch, strict=True):
+        one = ens.generate(prompt, max_new_tokens=12, stop=["zz"], **sampling)
+        assert (b.tokens, b.text, b.finish_reason) == (one.tokens, one.text, one.finish_reason)
+        for name in ("probs", "entropy", "expected_entropy", "mutual_information"):
+            np.testing.assert_allclose(getattr(b, name), getattr(one, name), atol=1e-5, rtol=1e-4)
+    assert all(len(g.tokens) <= 1 for g in ens.generate_batch(prompts, max_new_tokens=1))
+    assert ens.generate_batch([], max_new_tokens=4) == []
+
+
+def test_generate_batch_names_the_bad_prompt(ens: lora_ens_rs.Ensemble) -> None:
+    too_long = "word " * 100_000
+    with pytest.raises(lora_ens_rs.InputError, match=r"prompt 1: the prompt is \d+ tokens"):
+        ens.generate_batch(["fine", too_long], max_new_tokens=4)
+    with pytest.raises(lora_ens_rs.InputError, match=r"prompts\[1\] must be a str"):
+        ens.generate_batch(["fine", 3], max_new_tokens=4)
+
+
 def test_errors(ens: lora_ens_rs.Ensemble, tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(lora_ens_rs.MissingFileError, match=r"nope\.gguf"):
         lora_ens_rs.Ensemble(tmp_path / "nope.gguf")

@@ -228,3 +228,59 @@ def test_five_dimensions(small: Path) -> None:
 def test_zero_dimension(small: Path) -> None:
     patch(small, lambda r: tensor(r, "b").parts[3].__setitem__(1, 0))
     refused(small, "tensor `b`", "zero")
+
+
+def test_special_token_id_outside_the_vocabulary(tiny_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "model.gguf"
+    shutil.copy(next(iter(sorted(tiny_dir.glob("*.gguf")))), path)
+
+    def far_bos(reader: gguf.GGUFReader) -> None:
+        field = reader.fields["tokenizer.ggml.bos_token_id"]
+        field.parts[field.data[0]][0] = 10**6
+
+    patch(path, far_bos)
+    with pytest.raises(ModelLoadError) as info:
+        Tokenizer.from_gguf(path)
+    message = str(info.value)
+    for needle in ("tokenizer.ggml.bos_token_id", "1000000", "outside the vocabulary", path.name):
+        assert needle in message, message
+
+
+def nan_weight(tiny_dir: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of the tiny F32 model with element 7 of tensor `name` set to NaN."""
+    path = tmp_path / "nan.gguf"
+    shutil.copy(tiny_dir / "tiny-f32.gguf", path)
+
+    def poison(reader: gguf.GGUFReader) -> None:
+        next(t for t in reader.tensors if t.name == name).data.flat[7] = np.nan
+
+    patch(path, poison)
+    return path
+
+
+@pytest.mark.parametrize("what", ["score", "generate"])
+def test_non_finite_weight_is_named(
+    tiny_dir: Path, tiny_ensemble: Path, tmp_path: Path, monkeypatch, what: str
+) -> None:
+    name = "blk.0.attn_q.weight"
+    path = nan_weight(tiny_dir, tmp_path, name)
+    monkeypatch.setenv("LORA_ENS_RS_ALLOW_BASE_MISMATCH", "1")  # members of tiny-q8_0.gguf
+    ens = lora_ens_rs.Ensemble(path, tiny_ensemble)
+    with pytest.raises(lora_ens_rs.NumericalError) as info:
+        if what == "score":
+            ens.score(["Ice is"], ["A", "B"])
+        else:
+            ens.generate("Ice is", max_new_tokens=2)
+    message = str(info.value)
+    for needle in (f"tensor `{name}`", "NaN at flat index 7", path.name):
+        assert needle in message, message
+
+
+def test_non_finite_weight_is_named_before_training(tiny_dir: Path, tmp_path: Path) -> None:
+    from lora_ens_rs.train.base import load_base
+
+    path = nan_weight(tiny_dir, tmp_path, "blk.1.ffn_down.weight")
+    with pytest.raises(
+        ModelLoadError, match=r"'model\.layers\.1\.mlp\.down_proj\.weight'.*non-finite"
+    ):
+        load_base(path, cache=False)

@@ -148,3 +148,55 @@ def test_no_adapters_scores_the_base_model(tiny_dir: Path) -> None:
     want = softmax(reference_last_logits(reference, [engine_tok.encode(p) for p in prompts]))
     np.testing.assert_allclose(s.probs, softmax(np.log(want[:, tokens])), atol=1e-4, rtol=0)
     np.testing.assert_array_equal(s.mutual_information, 0.0)
+
+
+def peft_mixture_greedy(peft_model, ids: list[int], members: list[str], n: int) -> list[int]:
+    """Greedy decoding from the mean of the members' full-vocabulary softmax, each member a
+    PEFT adapter run on the whole sequence at every step (no cache: the plainest reference)."""
+    import torch
+
+    ids = list(ids)
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            mixture = 0
+            for name in members:
+                peft_model.set_adapter(name)
+                logits = peft_model(torch.tensor([ids])).logits[0, -1].double()
+                mixture = mixture + torch.softmax(logits, -1) / len(members)
+            token = int(mixture.argmax())
+            out.append(token)
+            ids.append(token)
+    return out
+
+
+def check_greedy_mixture(ens, peft_model, tok, prompts: list[str], n: int) -> None:
+    """The ensemble's greedy tokens (alone and batched) equal PEFT's mixture's, for the three
+    members together and for one member alone (M=1)."""
+    batch = ens.generate_batch(prompts, max_new_tokens=n)
+    for prompt, batched in zip(prompts, batch, strict=True):
+        want = peft_mixture_greedy(peft_model, tok.encode(prompt), ["m0", "m1", "m2"], n)
+        got = ens.generate(prompt, max_new_tokens=n)
+        # The engine stops at EOS; the reference runs on: compare what the engine produced.
+        assert got.tokens == want[: len(got.tokens)], (prompt, got.tokens, want)
+        assert batched.tokens == got.tokens
+    single = lora_ens_rs.Ensemble(ens.model_path, [ens.member_paths[1]])
+    for prompt in prompts[:2]:
+        want = peft_mixture_greedy(peft_model, tok.encode(prompt), ["m1"], n)
+        got = single.generate(prompt, max_new_tokens=n)
+        assert got.tokens == want[: len(got.tokens)], (prompt, got.tokens, want)
+
+
+def test_tiny_greedy_mixture_matches_peft(tiny_members) -> None:
+    check_greedy_mixture(*tiny_members, csqa_prompts(4), n=12)
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_mixture_matches_peft(smollm2_members) -> None:
+    prompts = [
+        "The capital of France is",
+        "Once upon a time, a",
+        "def fibonacci(n):",
+        "1, 1, 2, 3,",
+    ]
+    check_greedy_mixture(*smollm2_members, prompts, n=24)

@@ -310,6 +310,17 @@ class Ensemble:
         chat: bool = False,
     ) -> Generation:
         """Generate with the members' averaged next-token distribution."""
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+        chat: bool = False,
+    ) -> list[Generation]:
+        """``generate`` for several prompts in one batched decode; a list of results, in order."""
     @property
     def member_names(self) -> list[str]: ...
     @property

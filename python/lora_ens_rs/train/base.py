@@ -108,10 +108,21 @@ class BaseModel:
         return self.model.lm_head
 
 
-def _freeze(model: nn.Module) -> nn.Module:
+def _freeze(model: nn.Module, source: Path) -> nn.Module:
+    """Eval mode, every parameter frozen; a non-finite weight is refused, naming it (it would
+    otherwise surface as a NaN loss, or as torch's "probs must be finite" far from its cause).
+    """
     model.eval()
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         p.requires_grad_(False)
+        bad = ~torch.isfinite(p)
+        if bool(bad.any()):
+            index = int(bad.flatten().nonzero()[0])
+            value = float(p.flatten()[index])
+            raise ModelLoadError(
+                f"base model {str(source)!r}: weight {name!r} holds a non-finite value "
+                f"({value} at flat index {index})"
+            )
     return model
 
 
@@ -341,7 +352,7 @@ def load_base(
             model = _from_pretrained(p, torch_type)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"cannot load model directory {str(p)!r}: {e}") from e
-        return BaseModel(_freeze(model), tokenizer, str(p), None, None, checkpoint_sha)
+        return BaseModel(_freeze(model, p), tokenizer, str(p), None, None, checkpoint_sha)
     if p.suffix.lower() != ".gguf":
         raise InputError(f"base model {str(p)!r} must be a .gguf file or a model directory")
     tokenizer = _core.Tokenizer.from_gguf(p)
@@ -375,4 +386,4 @@ def load_base(
                 ) from e
     if torch_type != torch.float32:
         model = model.to(torch_type)
-    return BaseModel(_freeze(model), tokenizer, str(p), str(p), sha)
+    return BaseModel(_freeze(model, p), tokenizer, str(p), str(p), sha)

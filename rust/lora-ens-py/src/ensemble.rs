@@ -197,6 +197,32 @@ impl Ensemble {
         Ok(Generation::new(py, g))
     }
 
+    /// ``generate`` for several prompts in one batched decode; a list of results, in order.
+    #[pyo3(signature = (prompts, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, stop=None, chat=false))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
+    fn generate_batch(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<String>,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+        stop: Option<Vec<String>>,
+        chat: bool,
+    ) -> PyResult<Vec<Generation>> {
+        let opts = GenerateOptions {
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop: stop.unwrap_or_default(),
+            top_logprobs: 0,
+        };
+        let gs = call(py, || self.inner.generate_batch(&prompts, chat, &opts))?;
+        Ok(gs.into_iter().map(|g| Generation::new(py, g)).collect())
+    }
+
     /// The members' names (their directory names), in order.
     #[getter]
     fn member_names(&self) -> Vec<String> {

@@ -139,9 +139,26 @@ impl Ensemble {
     }
 
     fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        match &self.pool {
+        let result = match &self.pool {
             Some(pool) => pool.install(f),
             None => f(),
+        };
+        result.map_err(|e| self.name_non_finite_weight(e))
+    }
+
+    /// A non-finite result names the base model's first non-finite weight when it has one
+    /// (adapters are checked when they load), so the user learns which tensor is broken.
+    fn name_non_finite_weight(&self, err: Error) -> Error {
+        let Error::Numerical(msg) = err else {
+            return err;
+        };
+        match crate::weights::first_non_finite(&self.model_path) {
+            Ok(Some((tensor, index, value))) => Error::Numerical(format!(
+                "{msg}; tensor `{tensor}` of {} holds a non-finite weight ({value} at flat \
+                 index {index})",
+                self.model_path.display()
+            )),
+            _ => Error::Numerical(msg),
         }
     }
 
@@ -282,6 +299,62 @@ impl Ensemble {
     /// # Ok::<(), lora_ens::Error>(())
     /// ```
     pub fn generate(&self, prompt: &str, chat: bool, opts: &GenerateOptions) -> Result<Generation> {
+        let ids = self.prompt_ids(prompt, chat, opts)?;
+        self.run(|| {
+            generate::generate(
+                &self.model,
+                &self.tokenizer,
+                self.lora.as_ref(),
+                &ids,
+                &self.stop_ids,
+                opts,
+            )
+        })
+    }
+
+    /// [`Ensemble::generate`] for several prompts at once: every step runs one batched
+    /// forward pass over all unfinished sequences (each with its members and its own KV
+    /// caches), so the weights are read once per step for all of them. Each result equals
+    /// the prompt's [`Ensemble::generate`] with the same options (the same seed for each).
+    ///
+    /// ```
+    /// use lora_ens::ensemble::Ensemble;
+    /// use lora_ens::generate::GenerateOptions;
+    /// # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    /// let ens = Ensemble::load(dir.join("tiny-q8_0.gguf"), &[dir.join("ensemble")], &candle_core::Device::Cpu)?;
+    /// let opts = GenerateOptions { max_new_tokens: 6, ..Default::default() };
+    /// let prompts = ["Once upon a time", "The capital of France is"];
+    /// let batch = ens.generate_batch(&prompts, false, &opts)?;
+    /// assert_eq!(batch[1].tokens, ens.generate(prompts[1], false, &opts)?.tokens);
+    /// # Ok::<(), lora_ens::Error>(())
+    /// ```
+    pub fn generate_batch<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        chat: bool,
+        opts: &GenerateOptions,
+    ) -> Result<Vec<Generation>> {
+        let mut seqs = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let ids = self
+                    .prompt_ids(p.as_ref(), chat, opts)
+                    .map_err(|e| prefix_input(e, &format!("prompt {i}")))?;
+                self.start(ids, opts)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        while seqs.iter().any(|d| !d.is_done()) {
+            crate::interrupt::check()?;
+            let mut refs: Vec<&mut Decoding> = seqs.iter_mut().collect();
+            self.step(&mut refs)?;
+        }
+        Ok(seqs.into_iter().map(Decoding::into_generation).collect())
+    }
+
+    /// The token ids `generate` feeds the model for `prompt`, refused when the context
+    /// leaves no room to generate.
+    fn prompt_ids(&self, prompt: &str, chat: bool, opts: &GenerateOptions) -> Result<Vec<u32>> {
         // The model's own template with its real BOS / EOS text; a BOS the template writes is
         // dropped when the tokenizer adds one (as llama.cpp does), so there is exactly one.
         let ids = if chat {
@@ -297,16 +370,7 @@ impl Ensemble {
                 ids.len()
             )));
         }
-        self.run(|| {
-            generate::generate(
-                &self.model,
-                &self.tokenizer,
-                self.lora.as_ref(),
-                &ids,
-                &self.stop_ids,
-                opts,
-            )
-        })
+        Ok(ids)
     }
 
     /// The token ids of a conversation (`(role, content)` pairs) rendered with the model's
@@ -437,6 +501,14 @@ fn name_question(e: Error, questions: &[Question]) -> Error {
     match e {
         Error::Input(msg) => Error::Input(rename(msg)),
         Error::Label(msg) => Error::Label(rename(msg)),
+        other => other,
+    }
+}
+
+/// An input error about one of several prompts, saying which.
+fn prefix_input(e: Error, which: &str) -> Error {
+    match e {
+        Error::Input(msg) => Error::Input(format!("{which}: {msg}")),
         other => other,
     }
 }

@@ -332,6 +332,20 @@ fn scatter(lls: &[Vec<Vec<f32>>], batch: &[usize], m: usize, k: usize, scores: &
 
 fn finish(scores: Vec<f32>, questions: &[Options], m: usize, k: usize) -> Result<Scores> {
     let n_options: Vec<usize> = questions.iter().map(|q| q.options.len()).collect();
+    // A NaN or +inf score comes from the weights or an overflow, not from the input: say so
+    // (the ensemble then names the weight), rather than the reducer's generic input error.
+    for (i, &n) in n_options.iter().enumerate() {
+        for member in 0..m {
+            let row = &scores[(i * m + member) * k..][..n];
+            if let Some(j) = row.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
+                return Err(Error::Numerical(format!(
+                    "member {member} scored option {j} of prompt {i} as {}: the model or the \
+                     adapter holds non-finite weights, or the activations overflowed",
+                    row[j]
+                )));
+            }
+        }
+    }
     let reduced = reduce(&scores, questions.len(), m, k, Some(&n_options))?;
     Ok(Scores {
         reduced,

@@ -112,6 +112,39 @@ pub fn matvec_t(
     Ok(())
 }
 
+/// The first non-finite weight of the GGUF file at `path`, as `(tensor, flat index, value)`,
+/// scanning tensors in name order, a bounded number of rows at a time (memory does not grow
+/// with the tensor). Tensors of types the engine does not dequantize are skipped.
+///
+/// Used to name the culprit when a forward pass produces a NaN or infinite logit.
+pub fn first_non_finite(path: impl AsRef<Path>) -> Result<Option<(String, usize, f32)>> {
+    const CHUNK_ELEMS: usize = 1 << 20;
+    let gguf = GgufFile::open(path)?;
+    let mut names: Vec<&String> = gguf.tensor_infos().keys().collect();
+    names.sort();
+    for name in names {
+        let (dtype, dims, data) = gguf.mapped_tensor(name)?;
+        let cols = dims.last().copied().unwrap_or(1);
+        if !kernels::supports(dtype) || cols == 0 || cols % dtype.block_size() != 0 {
+            continue;
+        }
+        let rows: usize = dims.iter().rev().skip(1).product();
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let rows_per_chunk = (CHUNK_ELEMS / cols).max(1);
+        let mut out = vec![0f32; rows_per_chunk.min(rows) * cols];
+        let bytes = data.as_slice();
+        for first in (0..rows).step_by(rows_per_chunk) {
+            let n = rows_per_chunk.min(rows - first);
+            let chunk = &bytes[first * row_bytes..(first + n) * row_bytes];
+            kernels::dequantize_rows(dtype, chunk, cols, &mut out[..n * cols]);
+            if let Some(j) = out[..n * cols].iter().position(|v| !v.is_finite()) {
+                return Ok(Some((name.clone(), first * cols + j, out[j])));
+            }
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,13 +215,19 @@ impl Specials {
     }
 }
 
-/// A special token id; one outside the vocabulary (some converters write -1 or a stale id)
-/// is absent.
+/// A special token id, `None` when the key is absent; one outside the vocabulary is an error.
 fn specials_id(gguf: &GgufFile, key: &str, n_tokens: usize) -> Result<Option<u32>> {
-    Ok(gguf
-        .optional(key, GgufFile::u64)?
-        .and_then(|id| u32::try_from(id).ok())
-        .filter(|&id| (id as usize) < n_tokens))
+    // llama.cpp warns and falls back to a default id here; a wrong id would put the wrong
+    // token at the start of every sequence, so the file is refused instead.
+    match gguf.optional(key, GgufFile::u64)? {
+        None => Ok(None),
+        Some(id) if id < n_tokens as u64 => Ok(Some(id as u32)),
+        Some(id) => Err(Error::Metadata {
+            path: gguf.path().to_path_buf(),
+            key: key.to_owned(),
+            reason: format!("token id {id} is outside the vocabulary of {n_tokens} tokens"),
+        }),
+    }
 }
 
 /// The message of an [`Error::Tokenizer`] (to re-wrap it with the file's name).
