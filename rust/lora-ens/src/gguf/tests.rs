@@ -539,9 +539,17 @@ fn random_mutations_and_truncations_never_panic() {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(200);
+    // `LORA_ENS_RS_FUZZ_SECS` stops a long run after that many seconds.
+    let budget = std::env::var("LORA_ENS_RS_FUZZ_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
     let started = Instant::now();
     let (mut opened, mut refused) = (0, 0);
     for seed in 0..iterations {
+        if budget.is_some_and(|b| started.elapsed() > b) {
+            break;
+        }
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (seed + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93));
         let mut bytes = original.clone();
         match seed % 4 {
