@@ -108,18 +108,39 @@ where
     }
 }
 
-/// Run `f` on a worker thread with the GIL released, checking for signals every 50 ms; on a
-/// signal's exception, request an engine stop and wait for `f`. Returns `f`'s result and the
-/// exception of a signal that arrived meanwhile.
+/// Run `f` on a worker thread with the GIL released, checking for signals every 50 ms while
+/// it runs; on a signal's exception, request an engine stop and wait for `f`. Returns `f`'s
+/// result and the exception of a signal that arrived meanwhile. A call that finishes sooner
+/// returns at once (the wait is on the result, not a fixed sleep), so short calls such as one
+/// `decode` cost a thread start, not a polling interval.
 pub fn run_interruptibly<R: Send>(
     py: Python<'_>,
     f: impl FnOnce() -> R + Send,
 ) -> (R, Option<PyErr>) {
+    use std::sync::{Condvar, Mutex, PoisonError};
+    let done = (Mutex::new(false), Condvar::new());
     std::thread::scope(|scope| {
-        let worker = scope.spawn(f);
+        let worker = scope.spawn(|| {
+            let r = f();
+            *done.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            done.1.notify_all();
+            r
+        });
         let mut signal = None;
-        while !worker.is_finished() {
-            py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+        loop {
+            let finished = py.detach(|| {
+                let guard = done.0.lock().unwrap_or_else(PoisonError::into_inner);
+                let wait = std::time::Duration::from_millis(50);
+                let (guard, _) = done
+                    .1
+                    .wait_timeout_while(guard, wait, |finished| !*finished)
+                    .unwrap_or_else(PoisonError::into_inner);
+                *guard
+            });
+            // A worker that panicked never sets the flag; it has finished all the same.
+            if finished || worker.is_finished() {
+                break;
+            }
             if signal.is_none() {
                 if let Err(e) = py.check_signals() {
                     lora_ens::interrupt::request();
