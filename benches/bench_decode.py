@@ -11,10 +11,12 @@ member's step reads every matrix once, so the ensemble reads them once per token
 to the machine's copy bandwidth (numpy copy of 1 GiB, bytes copied per second), and agreement of
 the generated tokens with transformers'. The prompt is a story opening (`PROMPT`).
 `--engine-so` adds an engine row per extra build (e.g. an older `_core.abi3.so`, to compare
-before/after). Run:
+before/after). `--batches 1,4,16` adds engine rows that decode B prompts at once
+(`generate_batch`: one forward pass per step for all B sequences and their members). Run:
 
     OMP_WAIT_POLICY=passive .venv/bin/python benches/bench_decode.py [--members 1,5] \\
-        [--models smollm2,llama1b-q4_k_m,llama1b-q4_1] [--engine-so before=/path/_core.abi3.so]
+        [--models smollm2,llama1b-q4_k_m,llama1b-q4_1] [--batches 1,4,16] \\
+        [--engine-so before=/path/_core.abi3.so]
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ INIT_SCALE = 0.02  # std of the random lora_A / lora_B entries
 # A story opening: greedy continuations run to the token limit (a question prompt ending in
 # "Answer:" made SmolLM2 emit EOS at once, leaving nothing to time).
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+
+def batch_prompts(b: int) -> list[str]:
+    """`b` prompts for batched decoding: PROMPT first (its tokens are compared with
+    transformers'), then the same opening with other characters (different lengths)."""
+    people = ["baker", "young sailor", "shepherd", "clockmaker", "weaver", "lighthouse keeper"]
+    others = [PROMPT.replace("an old fisherman", f"a {people[i % len(people)]}") for i in range(b)]
+    return [PROMPT, *others[1:]][:b]
 
 
 def model_paths(cache: Path) -> dict[str, Path]:
@@ -94,6 +104,14 @@ def run_engine(job: dict):
 
         return run_base
     ens = lora_ens_rs.Ensemble(job["model_path"], job["members"])
+    if job.get("batch", 1) > 1:
+        prompts = batch_prompts(job["batch"])
+
+        def run_batch(n_new: int) -> list[list[int]]:
+            gens = ens.generate_batch(prompts, max_new_tokens=n_new, temperature=0.0)
+            return [list(g.tokens) for g in gens]
+
+        return run_batch
 
     def run(n_new: int) -> list[int]:
         gen = ens.generate(job["prompt"], max_new_tokens=n_new, temperature=0.0)
@@ -172,11 +190,16 @@ def worker(job_path: Path) -> None:
         tokens = run(job["new_tokens"])
         times.append(time.perf_counter() - t0)
     best = min(times)
+    # A batch returns one token list per sequence: tokens/s counts them all; a step reads the
+    # weights once for the whole batch, so weight traffic follows steps (the longest sequence).
+    batch = tokens if tokens and isinstance(tokens[0], list) else [tokens]
     result = {
         "load_s": load_s,
         "times_s": times,
-        "tokens": tokens,
-        "tokens_per_s": len(tokens) / best,
+        "tokens": batch[0],
+        "batch": len(batch),
+        "tokens_per_s": sum(map(len, batch)) / best,
+        "steps_per_s": max(map(len, batch)) / best,
         **common.process_stats(load_before),
     }
     job_path.with_suffix(".out.json").write_text(json.dumps(result))
@@ -195,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument(
+        "--batches", default="1", help="engine rows decoding this many prompts at once, e.g. 1,4,16"
+    )
+    ap.add_argument(
         "--engine-so",
         action="append",
         default=[],
@@ -211,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     models = common.parse_choices(ap, "models", args.models, paths)
     peers = common.parse_choices(ap, "peers", args.peers, PEERS)
     members = [int(m) for m in args.members.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
     extra = dict(spec.split("=", 1) for spec in args.engine_so)
     copy_gbs = copy_bandwidth_gbs()
     load0 = os.getloadavg()
@@ -236,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             if max(members) > 0:
                 adapters = bench_ensemble.make_adapters(path, ["all"], max(members), tmp / model)
             for m in members:
-                runs = [(f"engine-{name}", "engine", so) for name, so in extra.items()]
-                runs += [(p, p, None) for p in peers]
-                for label, peer, so in runs:
+                runs = [(f"engine-{name}", "engine", so, 1) for name, so in extra.items()]
+                runs += [(p, p, None, 1) for p in peers]
+                if "engine" in peers and m > 0:
+                    runs += [(f"engine x{b}", "engine", None, b) for b in batches if b > 1]
+                for label, peer, so, b in runs:
                     if peer == "llamacpp" and m != members[0]:
                         continue  # the base model alone: one row per model
                     print(f"decode {model} M={m} {label} ...", file=sys.stderr, flush=True)
@@ -253,9 +282,13 @@ def main(argv: list[str] | None = None) -> int:
                         "threads": args.threads,
                         "repeats": args.repeats,
                         "core_so": so,
+                        "batch": b,
                     }
                     results[(model, m, label)] = common.run_worker(
-                        __file__, job, tmp / f"{model}-{m}-{label}.json", args.threads
+                        __file__,
+                        job,
+                        tmp / f"{model}-{m}-{label.replace(' ', '-')}.json",
+                        args.threads,
                     )
                     r = results[(model, m, label)]
                     print(f"  {r.get('tokens_per_s', r.get('error'))}", file=sys.stderr)
@@ -277,7 +310,7 @@ def report(results: dict, weights: dict, copy_gbs: float, load0, args) -> str:
         r = results[key]
         model, m, label = key
         ref = results.get((model, m, "transformers"), {}).get("tokens")
-        gbs = weights[model] * r["tokens_per_s"] / 1e9
+        gbs = weights[model] * r.get("steps_per_s", r["tokens_per_s"]) / 1e9
         agree = "-"
         if ref is not None and label != "llamacpp":
             pairs = enumerate(zip(r["tokens"], ref, strict=False))
@@ -318,6 +351,8 @@ def report(results: dict, weights: dict, copy_gbs: float, load0, args) -> str:
         f"load average at start {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f}",
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
         "llamacpp runs the base model (no adapters): one row per model",
+        "engine xB: B prompts decoded together (`generate_batch`); tokens/s counts all of them, "
+        "weight GB/s counts one read of the weights per step",
     ]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
