@@ -34,12 +34,13 @@ SCRIPT = os.path.join(os.path.dirname(sys.executable), "lora-ens-rs")
 class Server:
     """A `lora-ens-rs serve` process and its address."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [SCRIPT, "serve", "--port", "0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.stderr: list[str] = []
         deadline = time.monotonic() + 120
@@ -397,8 +398,12 @@ def test_metrics_count_requests_and_tokens(server: Server) -> None:
     assert server.metric("lora_ens_queue_depth") == 0
 
 
-def test_an_api_key_is_required_when_set(model_args: list[str]) -> None:
-    s = Server(*model_args, "--api-key", "s3cret")
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_an_api_key_is_required_when_set(model_args: list[str], given: str) -> None:
+    if given == "flag":
+        s = Server(*model_args, "--api-key", "s3cret", env={"LORA_ENS_RS_API_KEY": "other"})
+    else:
+        s = Server(*model_args, env={"LORA_ENS_RS_API_KEY": "s3cret"})
     try:
         assert s.request("GET", "/v1/models")[0] == 401
         wrong = {"Authorization": "Bearer s3cret-not"}

@@ -47,7 +47,9 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed on stderr).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` on every route but /health.
+    /// Require `Authorization: Bearer KEY` on every route but /health (default: the
+    /// LORA_ENS_RS_API_KEY environment variable, which other users cannot read in the
+    /// process list as they can a command-line argument).
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
     /// The model id clients name in requests (default: the ensemble directory's name, else
@@ -104,23 +106,38 @@ impl ServeArgs {
     }
 }
 
+/// The environment variable `--api-key` defaults to.
+pub const API_KEY_ENV: &str = "LORA_ENS_RS_API_KEY";
+
 /// Run `serve` until SIGTERM / Ctrl-C.
 pub fn run(args: &ServeArgs, ctx: &Context) -> Result<()> {
     restore_default_signals();
     let device = args.model.device()?;
+    let api_key = match &args.api_key {
+        Some(key) => Some(key.clone()),
+        None => match std::env::var(API_KEY_ENV) {
+            Ok(key) => Some(key),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::Input(format!("{API_KEY_ENV} is not valid UTF-8")));
+            }
+        },
+    };
     if !args.host.is_loopback() {
         eprintln!(
             "warning: listening on {}, reachable from the network{}",
             args.host,
-            if args.api_key.is_some() {
+            if api_key.is_some() {
                 ""
             } else {
                 " without an API key (--api-key)"
             }
         );
     }
-    if args.api_key.as_deref().is_some_and(str::is_empty) {
-        return Err(Error::Input("--api-key must not be empty".to_owned()));
+    if api_key.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::Input(format!(
+            "the API key (--api-key or {API_KEY_ENV}) must not be empty"
+        )));
     }
     let ens = args.model.load(&device, ctx, &|msg| eprintln!("{msg}"))?;
     let name = args.served_model_name.clone().unwrap_or_else(|| {
@@ -136,7 +153,7 @@ pub fn run(args: &ServeArgs, ctx: &Context) -> Result<()> {
             .unwrap_or_else(|| "lora-ens".to_owned())
     });
     let engine = Engine::start(ens, args.limits())?;
-    let state = ServerState::new(Arc::clone(&engine), name, args.api_key.clone())?;
+    let state = ServerState::new(Arc::clone(&engine), name, api_key)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
