@@ -433,17 +433,18 @@ fn run(args: &Args) -> Result<Vec<String>> {
         } else {
             println!("parity: skipped (no CUDA device)");
         }
-        let (mut head, rule) = (
-            "| shape | device | M | load s | score q/s |".to_owned(),
-            "---:|",
-        );
+        let mut head = "| shape | device | M | load s | score q/s |".to_owned();
         for b in &args.batches {
             head += &format!(" decode tok/s b={b} |");
         }
         println!(
-            "\nscore: 16 prompts of ~40 tokens in one call; decode: tokens/s of b sequences together, after the first step"
+            "\nscore: 16 prompts of ~40 tokens in one call; decode: tokens/s of b sequences decoded \
+             together, after the first step"
         );
-        println!("{head}\n|---|---|{}", rule.repeat(3 + args.batches.len()));
+        println!(
+            "{head}\n|---|---|{}",
+            "---:|".repeat(3 + args.batches.len())
+        );
         for dev in &devices {
             bench(s, &files, dev, args, &prompts)?;
         }
