@@ -42,7 +42,7 @@ if command -v ldd >/dev/null; then
   missing=$(ldd "$here/gpu_check" | awk '/not found/ {print $1}' | tr '\n' ' ')
   if [ -n "$missing" ]; then
     echo "gpu_check: shared libraries not found: $missing" >&2
-    echo "install CUDA 13's (pip install nvidia-cublas nvidia-curand nvidia-cuda-nvrtc) or set CUDA_LIBS to their folder" >&2
+    echo "install CUDA 13's cuBLAS and cuRAND (pip install nvidia-cublas nvidia-curand), or set CUDA_LIBS to their folder" >&2
     exit 127
   fi
 fi

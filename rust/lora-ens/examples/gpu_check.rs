@@ -413,7 +413,10 @@ fn run(args: &Args) -> Result<Vec<String>> {
         if d == "cpu" {
             devices.push(Device::Cpu);
         } else if candle_core::utils::cuda_is_available() {
-            devices.push(Device::new_cuda(0).map_err(|e| CheckError::Device(e.to_string()))?);
+            let first_line = |e: candle_core::Error| e.to_string().lines().next().map(String::from);
+            let cuda = Device::new_cuda(0)
+                .map_err(|e| CheckError::Device(first_line(e).unwrap_or_default()));
+            devices.push(cuda?);
         } else {
             println!("this build has no CUDA support (built without `--features cuda`): CPU only");
         }
