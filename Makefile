@@ -33,6 +33,10 @@ build: $(PY)  ## Rebuild the engine into .venv after a Rust change (release)
 build-cuda:  ## Check the engine builds with --features cuda (CUDA 13.0 from PyPI wheels; ~30 min cold)
 	bash scripts/build-cuda.sh
 
+.PHONY: gpu-check
+gpu-check:  ## Build the CUDA-vs-CPU parity and throughput check for a GPU machine into dist/gpu-check/ (~30 min cold)
+	bash scripts/build-gpu-check.sh
+
 .PHONY: fixtures
 fixtures:  ## Write the tiny random LLaMA (GGUF + HF) and a 3-member LoRA ensemble of it into tests/fixtures/tiny
 	$(PY) scripts/make_tiny_llama.py --out $(FIXTURES)
