@@ -66,6 +66,15 @@ test-py:  ## pytest: Python API, CLI, parity with transformers / PEFT (slow test
 .PHONY: test
 test: setup fixtures lint test-rust test-py  ## Install everything, then run every lint and test
 
+.PHONY: fuzz
+FUZZ_SECS ?= 60
+FUZZ_SEED ?= 1
+fuzz:  ## Fuzz the adapter, adapter-config, manifest and GGUF readers for FUZZ_SECS seconds each (release)
+	LORA_ENS_RS_FUZZ_ITERS=1000000000 LORA_ENS_RS_FUZZ_SECS=$(FUZZ_SECS) LORA_ENS_RS_FUZZ_SEED=$(FUZZ_SEED) \
+		cargo test --release -p lora-ens --test fuzz -- --test-threads=1 --nocapture
+	LORA_ENS_RS_FUZZ_ITERS=1000000000 LORA_ENS_RS_FUZZ_SECS=$(FUZZ_SECS) \
+		cargo test --release -p lora-ens --lib gguf::tests::random_mutations -- --test-threads=1 --nocapture
+
 .PHONY: demo
 DEMO_DATA := python/lora_ens_rs/datasets/commonsenseqa
 DEMO_RUN := runs/demo
