@@ -127,6 +127,11 @@ def summary(probs: ArrayLike, answers: ArrayLike, n_bins: int = 15) -> dict[str,
 BOOTSTRAP_METRICS = ("accuracy", "nll", "brier", "ece")
 
 
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**64:
+        raise InputError(f"seed must lie in 0 .. 2**64 - 1, got {seed}")
+
+
 class Interval(NamedTuple):
     """A difference on all the questions and its bootstrap percentile interval."""
 
@@ -202,29 +207,16 @@ def paired_bootstrap(
         raise InputError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0.0 < confidence < 1.0:
         raise InputError(f"confidence must lie in (0, 1), got {confidence}")
-    if not 0 <= seed < 2**64:
-        raise InputError(f"seed must lie in 0 .. 2**64 - 1, got {seed}")
+    _check_seed(seed)
     return Interval(*_core.paired_bootstrap(pa, pb, ans, metric, n_resamples, confidence, seed))
 
 
 def bootstrap_indices(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
-    """The question indices :func:`paired_bootstrap` resamples, to reuse them elsewhere.
+    """The ``(n_resamples, n)`` int64 question indices :func:`paired_bootstrap` resamples
+    with ``seed``, to reuse them elsewhere.
 
-    Row r is resample r: ``n`` draws of one SplitMix64 stream whose state starts at ``seed``,
-    draw x mapped to the index ``floor(x * n / 2**64)``.
-
-    Parameters
-    ----------
-    n : int
-        Number of questions, >= 1.
-    n_resamples : int, default 2000
-        Number of resamples, >= 1.
-    seed : int, default 0
-        Seed of the stream (0 <= seed < 2**64).
-
-    Returns
-    -------
-    numpy.ndarray of int64, shape (n_resamples, n)
+    Row r is resample r: ``n`` draws of one SplitMix64 stream whose state starts at ``seed``
+    (0 <= seed < 2**64), draw x mapped to the index ``floor(x * n / 2**64)``.
 
     Examples
     --------
@@ -237,8 +229,7 @@ def bootstrap_indices(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndar
     """
     if n < 1 or n_resamples < 1:
         raise InputError(f"n and n_resamples must be >= 1, got {n} and {n_resamples}")
-    if not 0 <= seed < 2**64:
-        raise InputError(f"seed must lie in 0 .. 2**64 - 1, got {seed}")
+    _check_seed(seed)
     return _core.bootstrap_indices(n, n_resamples, seed)
 
 
@@ -333,8 +324,8 @@ def optimal_aurc(probs: ArrayLike, answers: ArrayLike) -> float:
 def excess_aurc(probs: ArrayLike, answers: ArrayLike, scores: ArrayLike) -> float:
     """Excess AURC (E-AURC): :func:`aurc` minus :func:`optimal_aurc`, >= 0.
 
-    How far the score's ordering is from the best one, independent of how many answers are
-    right. Arguments as :func:`risk_coverage`.
+    How far the score's ordering is from the best one on these predictions: the AURC less the
+    part any score must pay for the wrong answers. Arguments as :func:`risk_coverage`.
 
     Examples
     --------
@@ -345,10 +336,6 @@ def excess_aurc(probs: ArrayLike, answers: ArrayLike, scores: ArrayLike) -> floa
     """
     p, a = _check(probs, answers)
     return _core.excess_aurc(p, a, _scores(scores, p.shape[0]))
-
-
-#: The range :func:`fit_temperature` searches.
-TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def _logits(logits: ArrayLike, n_options: ArrayLike | None) -> tuple[np.ndarray, list[int] | None]:

@@ -3,7 +3,7 @@
 //! Test: `cargo test -p lora-ens --lib metrics`.
 
 use crate::metrics::*;
-use crate::{Error, Result};
+use crate::Result;
 
 fn close(a: f64, b: f64) {
     assert!((a - b).abs() < 1e-6, "{a} != {b}");
