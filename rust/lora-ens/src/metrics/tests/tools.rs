@@ -2,8 +2,8 @@
 //! ([`crate::metrics`]'s submodules), against direct computations written out here.
 //! Test: `cargo test -p lora-ens --lib metrics`.
 
-use crate::metrics::*;
 use crate::Result;
+use crate::metrics::*;
 
 fn close(a: f64, b: f64) {
     assert!((a - b).abs() < 1e-6, "{a} != {b}");
