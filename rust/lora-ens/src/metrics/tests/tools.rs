@@ -11,10 +11,20 @@ fn close(a: f64, b: f64) {
 
 #[test]
 fn bootstrap_indices_are_splitmix64() {
-    // SplitMix64 from state 0 first yields 0xE220A8397B1DCDAF (the published reference
-    // stream); with n = 2^32 an index is the top 32 bits of each draw.
-    let idx = bootstrap_indices(1 << 32, 1, 0);
-    assert_eq!(idx, [0xE220_A839]);
+    // SplitMix64 from state 0 starts 0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4,
+    // 0x06C45D188009454F (the published reference stream); a draw x is index x * n >> 64.
+    let n = 1_000_000usize;
+    let idx = bootstrap_indices(n, 1, 0);
+    for (i, x) in [
+        0xE220_A839_7B1D_CDAFu64,
+        0x6E78_9E6A_A1B9_65F4,
+        0x06C4_5D18_8009_454F,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(idx[i] as u128, (u128::from(x) * n as u128) >> 64);
+    }
     let a = bootstrap_indices(7, 50, 3);
     assert_eq!(a, bootstrap_indices(7, 50, 3));
     assert_ne!(a, bootstrap_indices(7, 50, 4));
