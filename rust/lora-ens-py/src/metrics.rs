@@ -32,6 +32,9 @@ type Bins<'py> = (
     Bound<'py, PyArray1<f64>>,
 );
 
+/// A risk-coverage curve as NumPy arrays: `(coverage, risk)`, each `(N,)`.
+type Curve<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
+
 /// `name(probs, answers)` for one of accuracy / nll / brier.
 fn scalar(py: Python<'_>, probs: Probs<'_>, answers: Vec<usize>, f: Metric) -> PyResult<f64> {
     let (p, k) = rows(&probs);
@@ -165,7 +168,7 @@ fn risk_coverage<'py>(
     probs: Probs<'py>,
     answers: Vec<usize>,
     scores: Scores1<'py>,
-) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<Curve<'py>> {
     let ((p, k), s) = (rows(&probs), scores.as_array().to_vec());
     let rc = call(py, || {
         lora_ens::metrics::risk_coverage(&p, k, None, &answers, &s)
