@@ -2,11 +2,21 @@
 //! accuracy, mean negative log-likelihood, multi-class Brier score and expected calibration
 //! error (15 equal-width confidence bins) with its reliability bins, plus the AUROC and
 //! average precision of an uncertainty score at telling out-of-distribution questions from
-//! in-distribution ones. Work is in f64. This is the one implementation: the CLI, the Python
-//! package (`lora_ens_rs.metrics`), evaluation, experiments and training validation call it.
+//! in-distribution ones; and, in the submodules, the paired bootstrap of a metric difference,
+//! selective prediction (risk-coverage, AURC) and temperature scaling. Work is in f64. This
+//! is the one implementation: the CLI, the Python package (`lora_ens_rs.metrics`),
+//! evaluation, experiments and training validation call it.
 //! Test: `cargo test -p lora-ens --lib metrics`.
 
 use crate::{Error, Result};
+
+mod bootstrap;
+mod selective;
+mod temperature;
+
+pub use bootstrap::{BootMetric, Interval, bootstrap_indices, paired_bootstrap};
+pub use selective::{RiskCoverage, aurc, excess_aurc, optimal_aurc, risk_coverage};
+pub use temperature::{TEMPERATURE_RANGE, apply_temperature, fit_temperature};
 
 /// Probabilities below this are clamped before taking the log in [`nll`].
 pub const NLL_FLOOR: f64 = 1e-12;
@@ -117,8 +127,53 @@ impl<'a> Rows<'a> {
         best
     }
 
+    /// 1 if question i's argmax is its answer, else 0.
+    fn correct(&self, i: usize) -> f64 {
+        f64::from(u8::from(self.top(i).0 == self.answers[i]))
+    }
+
+    /// `-ln max(p[answer], 1e-12)` of question i.
+    fn nll_of(&self, i: usize) -> f64 {
+        -self.row(i)[self.answers[i]].max(NLL_FLOOR).ln()
+    }
+
+    /// `sum_j (p_j - [j = answer])^2` over question i's options.
+    fn brier_of(&self, i: usize) -> f64 {
+        let onehot = |j: usize| f64::from(u8::from(j == self.answers[i]));
+        self.row(i)
+            .iter()
+            .enumerate()
+            .map(|(j, &p)| (p - onehot(j)).powi(2))
+            .sum()
+    }
+
     fn mean(&self, f: impl Fn(usize) -> f64) -> f64 {
         (0..self.n()).map(f).sum::<f64>() / self.n() as f64
+    }
+
+    /// The reliability bins of the questions `idx` (a question may come more than once).
+    fn binned(&self, idx: impl Iterator<Item = usize>, n_bins: usize) -> Reliability {
+        let mut count = vec![0usize; n_bins];
+        let mut correct = vec![0.0f64; n_bins];
+        let mut confidence = vec![0.0f64; n_bins];
+        for i in idx {
+            let (pred, conf) = self.top(i);
+            let b = bin_of(conf, n_bins);
+            count[b] += 1;
+            correct[b] += f64::from(u8::from(pred == self.answers[i]));
+            confidence[b] += conf;
+        }
+        let mean = |sums: Vec<f64>| -> Vec<f64> {
+            sums.iter()
+                .zip(&count)
+                .map(|(&s, &c)| if c == 0 { f64::NAN } else { s / c as f64 })
+                .collect()
+        };
+        Reliability {
+            accuracy: mean(correct),
+            confidence: mean(confidence),
+            count,
+        }
     }
 }
 
@@ -138,27 +193,21 @@ pub fn accuracy(
     answers: &[usize],
 ) -> Result<f64> {
     let r = Rows::new(probs, k, valid, answers)?;
-    Ok(r.mean(|i| f64::from(u8::from(r.top(i).0 == answers[i]))))
+    Ok(r.mean(|i| r.correct(i)))
 }
 
 /// Mean negative log-likelihood of the answers, `-ln max(p, 1e-12)`, in nats.
 /// Arguments and errors as for [`accuracy`].
 pub fn nll(probs: &[f64], k: usize, valid: Option<&[usize]>, answers: &[usize]) -> Result<f64> {
     let r = Rows::new(probs, k, valid, answers)?;
-    Ok(r.mean(|i| -r.row(i)[answers[i]].max(NLL_FLOOR).ln()))
+    Ok(r.mean(|i| r.nll_of(i)))
 }
 
 /// Multi-class Brier score: the mean over questions of `sum_j (p_j - [j = answer])^2` over
 /// the K_i options. Arguments and errors as for [`accuracy`].
 pub fn brier(probs: &[f64], k: usize, valid: Option<&[usize]>, answers: &[usize]) -> Result<f64> {
     let r = Rows::new(probs, k, valid, answers)?;
-    Ok(r.mean(|i| {
-        r.row(i)
-            .iter()
-            .enumerate()
-            .map(|(j, &p)| (p - f64::from(u8::from(j == answers[i]))).powi(2))
-            .sum()
-    }))
+    Ok(r.mean(|i| r.brier_of(i)))
 }
 
 /// Per-bin data of a reliability diagram: `n_bins` equal-width bins of confidence (the
@@ -201,28 +250,7 @@ pub fn reliability(
             "metrics: n_bins must be >= 1 (ECE needs at least one bin)".to_owned(),
         ));
     }
-    let r = Rows::new(probs, k, valid, answers)?;
-    let mut count = vec![0usize; n_bins];
-    let mut correct = vec![0.0f64; n_bins];
-    let mut confidence = vec![0.0f64; n_bins];
-    for (i, &answer) in answers.iter().enumerate() {
-        let (pred, conf) = r.top(i);
-        let b = bin_of(conf, n_bins);
-        count[b] += 1;
-        correct[b] += f64::from(u8::from(pred == answer));
-        confidence[b] += conf;
-    }
-    let mean = |sums: Vec<f64>| -> Vec<f64> {
-        sums.iter()
-            .zip(&count)
-            .map(|(&s, &c)| if c == 0 { f64::NAN } else { s / c as f64 })
-            .collect()
-    };
-    Ok(Reliability {
-        accuracy: mean(correct),
-        confidence: mean(confidence),
-        count,
-    })
+    Ok(Rows::new(probs, k, valid, answers)?.binned(0..answers.len(), n_bins))
 }
 
 /// Expected calibration error over `n_bins` equal-width bins of confidence (the largest

@@ -175,3 +175,5 @@ fn average_precision_steps_over_distinct_scores() {
         Err(Error::Input(_))
     ));
 }
+
+mod tools;
