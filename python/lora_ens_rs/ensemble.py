@@ -340,12 +340,7 @@ class Ensemble:
         """
         return self._core.generate(
             text_arg("prompt", prompt),
-            max_new_tokens=int_arg("max_new_tokens", max_new_tokens, minimum=0),
-            temperature=float_arg("temperature", temperature, minimum=0.0),
-            top_p=float_arg("top_p", top_p, minimum=0.0, maximum=1.0),
-            seed=int_arg("seed", seed, maximum=MAX_SEED),
-            stop=texts_arg("stop", stop) if stop is not None else None,
-            chat=bool(chat),
+            **_decoding(max_new_tokens, temperature, top_p, seed, stop, chat),
         )
 
     def generate_batch(
@@ -384,12 +379,7 @@ class Ensemble:
         """
         return self._core.generate_batch(
             texts_arg("prompts", prompts),
-            max_new_tokens=int_arg("max_new_tokens", max_new_tokens, minimum=0),
-            temperature=float_arg("temperature", temperature, minimum=0.0),
-            top_p=float_arg("top_p", top_p, minimum=0.0, maximum=1.0),
-            seed=int_arg("seed", seed, maximum=MAX_SEED),
-            stop=texts_arg("stop", stop) if stop is not None else None,
-            chat=bool(chat),
+            **_decoding(max_new_tokens, temperature, top_p, seed, stop, chat),
         )
 
     def __repr__(self) -> str:
@@ -399,3 +389,17 @@ class Ensemble:
             f"Ensemble(model={str(self.model_path)!r}, {c['n_layer']} layers, "
             f"hidden {c['hidden']}, M={self.n_members} [{members}])"
         )
+
+
+def _decoding(
+    max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any, stop: Any, chat: Any
+) -> dict[str, Any]:
+    """``generate``'s decoding arguments, checked (InputError naming the bad one)."""
+    return {
+        "max_new_tokens": int_arg("max_new_tokens", max_new_tokens, minimum=0),
+        "temperature": float_arg("temperature", temperature, minimum=0.0),
+        "top_p": float_arg("top_p", top_p, minimum=0.0, maximum=1.0),
+        "seed": int_arg("seed", seed, maximum=MAX_SEED),
+        "stop": texts_arg("stop", stop) if stop is not None else None,
+        "chat": bool(chat),
+    }

@@ -185,14 +185,7 @@ impl Ensemble {
         stop: Option<Vec<String>>,
         chat: bool,
     ) -> PyResult<Generation> {
-        let opts = GenerateOptions {
-            max_new_tokens,
-            temperature,
-            top_p,
-            seed,
-            stop: stop.unwrap_or_default(),
-            top_logprobs: 0,
-        };
+        let opts = generate_options(max_new_tokens, temperature, top_p, seed, stop);
         let g = call(py, || self.inner.generate(&prompt, chat, &opts))?;
         Ok(Generation::new(py, g))
     }
@@ -211,14 +204,7 @@ impl Ensemble {
         stop: Option<Vec<String>>,
         chat: bool,
     ) -> PyResult<Vec<Generation>> {
-        let opts = GenerateOptions {
-            max_new_tokens,
-            temperature,
-            top_p,
-            seed,
-            stop: stop.unwrap_or_default(),
-            top_logprobs: 0,
-        };
+        let opts = generate_options(max_new_tokens, temperature, top_p, seed, stop);
         let gs = call(py, || self.inner.generate_batch(&prompts, chat, &opts))?;
         Ok(gs.into_iter().map(|g| Generation::new(py, g)).collect())
     }
@@ -283,4 +269,22 @@ impl Ensemble {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Ensemble>()
+}
+
+/// The engine's decoding options from `generate`'s keyword arguments.
+fn generate_options(
+    max_new_tokens: usize,
+    temperature: f32,
+    top_p: f32,
+    seed: u64,
+    stop: Option<Vec<String>>,
+) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens,
+        temperature,
+        top_p,
+        seed,
+        stop: stop.unwrap_or_default(),
+        top_logprobs: 0,
+    }
 }

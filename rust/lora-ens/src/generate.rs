@@ -9,6 +9,7 @@ use candle_core::Tensor;
 
 use crate::model::{KvCache, Llama, Logits};
 use crate::multi_lora::MultiLora;
+use crate::rng::SplitMix64;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -104,25 +105,6 @@ pub struct Generation {
     pub mutual_information: Vec<f32>,
     /// Why decoding ended: the end-of-sequence token, a stop string or the length limit.
     pub finish_reason: FinishReason,
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a small, well-mixed generator; enough for sampling.
-#[derive(Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// One decoding step's mixture and its uncertainty.

@@ -35,6 +35,7 @@ mod multi_lora;
 pub mod prompt;
 pub mod questions;
 pub mod reduce;
+mod rng;
 pub mod score;
 #[cfg(test)]
 mod test_support;

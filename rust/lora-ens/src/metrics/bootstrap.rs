@@ -9,6 +9,7 @@
 use std::str::FromStr;
 
 use super::{ECE_BINS, Rows};
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// The metric whose difference [`paired_bootstrap`] resamples.
@@ -50,25 +51,6 @@ pub struct Interval {
     pub low: f64,
     /// Upper end of the interval.
     pub high: f64,
-}
-
-/// SplitMix64 (Steele, Lea & Flood 2014): a 64-bit state advanced by a fixed odd constant
-/// and mixed; small, fast and good enough for resampling.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// An index in `0..n`: the high 64 bits of `next_u64() * n` (Lemire's multiply-shift).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
 }
 
 /// The resample indices of [`paired_bootstrap`]: `n_resamples` rows of `n` question indices,
