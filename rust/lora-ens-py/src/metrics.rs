@@ -187,8 +187,7 @@ fn aurc(
     answers: Vec<usize>,
     scores: Scores1<'_>,
 ) -> PyResult<f64> {
-    let ((p, k), s) = (rows(&probs), scores.as_array().to_vec());
-    call(py, || lora_ens::metrics::aurc(&p, k, None, &answers, &s))
+    with_scores(py, &probs, &answers, &scores, lora_ens::metrics::aurc)
 }
 
 /// AURC of the best ordering (every right answer first).
@@ -208,10 +207,28 @@ fn excess_aurc(
     answers: Vec<usize>,
     scores: Scores1<'_>,
 ) -> PyResult<f64> {
-    let ((p, k), s) = (rows(&probs), scores.as_array().to_vec());
-    call(py, || {
-        lora_ens::metrics::excess_aurc(&p, k, None, &answers, &s)
-    })
+    with_scores(
+        py,
+        &probs,
+        &answers,
+        &scores,
+        lora_ens::metrics::excess_aurc,
+    )
+}
+
+/// An engine metric of `(probs, k, valid, answers, scores)`.
+type ScoredMetric = fn(&[f64], usize, Option<&[usize]>, &[usize], &[f64]) -> lora_ens::Result<f64>;
+
+/// A [`ScoredMetric`] on dense (N, K) probabilities.
+fn with_scores(
+    py: Python<'_>,
+    probs: &Probs<'_>,
+    answers: &[usize],
+    scores: &Scores1<'_>,
+    metric: ScoredMetric,
+) -> PyResult<f64> {
+    let ((p, k), s) = (rows(probs), scores.as_array().to_vec());
+    call(py, || metric(&p, k, None, answers, &s))
 }
 
 /// The temperature in [0.05, 20] minimising the NLL of ``softmax(logits / T)``; question i

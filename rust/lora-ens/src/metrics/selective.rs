@@ -18,6 +18,13 @@ pub struct RiskCoverage {
     pub risk: Vec<f64>,
 }
 
+impl RiskCoverage {
+    /// The area under the curve: the mean risk over the coverages (see [`aurc`]).
+    pub fn area(&self) -> f64 {
+        self.risk.iter().sum::<f64>() / self.risk.len() as f64
+    }
+}
+
 /// Risk at coverage k/N for k = 1..N of 0/1 errors taken in the order `order`.
 fn curve(errors: &[f64], order: &[usize]) -> RiskCoverage {
     let n = order.len() as f64;
@@ -102,8 +109,7 @@ pub fn aurc(
     answers: &[usize],
     scores: &[f64],
 ) -> Result<f64> {
-    let rc = risk_coverage(probs, k, valid, answers, scores)?;
-    Ok(rc.risk.iter().sum::<f64>() / rc.risk.len() as f64)
+    Ok(risk_coverage(probs, k, valid, answers, scores)?.area())
 }
 
 /// The AURC of the best ordering, every right answer before every wrong one: with C right
@@ -124,8 +130,7 @@ pub fn optimal_aurc(
     let errors = errors(probs, k, valid, answers)?;
     let mut order: Vec<usize> = (0..errors.len()).collect();
     order.sort_by(|&a, &b| errors[a].total_cmp(&errors[b]));
-    let rc = curve(&errors, &order);
-    Ok(rc.risk.iter().sum::<f64>() / rc.risk.len() as f64)
+    Ok(curve(&errors, &order).area())
 }
 
 /// Excess AURC (E-AURC): [`aurc`] minus [`optimal_aurc`], how far the score's ordering is
