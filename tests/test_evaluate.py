@@ -62,6 +62,7 @@ def test_eval_metrics_match_a_direct_computation(
         "report.md",
         "reliability.png",
         "confidence_when_wrong.png",
+        "risk_coverage.png",
     }
     for png in ("reliability.png", "confidence_when_wrong.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from support import DATA
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "lora-ens-rs")
@@ -29,13 +30,21 @@ def test_smoke_preset_writes_every_table_and_plot(tmp_path: Path, tiny_dir: Path
         for setting in ("none", "wd=1e2"):
             assert (scoring, setting, "one LoRA (mean of members)") in models
             assert (scoring, setting, "ensemble (M=2)") in models
+            assert (scoring, setting, "one LoRA + temperature (mean of members)") in models
     for r in results["rows"]:
         assert 0 <= r["accuracy"] <= 1 and r["nll"] > 0 and 0 <= r["ece"] <= 1
+        assert 0 <= r["aurc"] <= 1
     ens_rows = [r for r in results["rows"] if r["model"].startswith("ensemble")]
     assert all("mutual_information" in r["ood"]["obqa"] for r in ens_rows)
+    for r in ens_rows:  # every ensemble-vs-member difference comes with its interval
+        for g in r["gains"].values():
+            assert np.isfinite(g["estimate"]) and g["low"] <= g["high"]
+    scores = np.load(out / "scores" / "csqa-choices-none.npz")
+    assert scores["members"].shape == scores["scaled_members"].shape == (8, 2, 5)
     md = (out / "results.md").read_text()
     for scoring in ("labels", "choices"):
-        for kind in ("reliability", "wrong-confidence", "accuracy-vs-ece", "training"):
+        kinds = ("reliability", "wrong-confidence", "risk-coverage", "accuracy-vs-ece", "training")
+        for kind in kinds:
             png = out / f"{kind}-csqa-{scoring}.png"
             assert png.read_bytes()[:4] == b"\x89PNG", png
             assert f"({png.name})" in md

@@ -1,7 +1,9 @@
 """Evaluate an ensemble on a labelled dataset: each member, the ensemble and the zero-shot base
-on the same questions (accuracy, NLL, Brier, ECE), member disagreement, and out-of-distribution
-detection (AUROC / AUPR by max probability, entropy and mutual information); optionally a
-report directory with ``metrics.json``, ``report.md`` and plots.
+on the same questions (accuracy, NLL, Brier, ECE), the ensemble's gain over the mean member with
+paired bootstrap intervals, temperature-scaled members (with validation questions), selective
+prediction (AURC), member disagreement, and out-of-distribution detection (AUROC / AUPR by max
+probability, entropy and mutual information); optionally a report directory with
+``metrics.json``, ``report.md`` and plots.
 
     lora-ens-rs eval --adapters runs/csqa --data dev.jsonl --ood mmlu.csv --report reports/csqa
     lora_ens_rs.evaluate.evaluate(ens, questions, ood_questions=..., report_dir=...)
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lora_ens_rs import metrics
+from lora_ens_rs import compare, metrics
 from lora_ens_rs.atomic import write_file
 from lora_ens_rs.ensemble import Ensemble, Progress
 from lora_ens_rs.errors import InputError
@@ -43,13 +45,10 @@ def single_scores(probs: np.ndarray, n_options: np.ndarray) -> dict[str, np.ndar
     """OOD scores of one predictive distribution (N, K) (mutual information is 0). Entropy is
     divided by ln K_i so questions with different numbers of options compare (a 5-way
     question's entropy is otherwise higher than a 4-way one's, whatever the model's doubt)."""
-    p = np.clip(probs.astype(np.float64), 0.0, 1.0)
-    logs = np.log(np.where(p > 0, p, 1.0))
-    norm = np.log(np.maximum(np.asarray(n_options, dtype=np.float64), 2.0))
     return {
-        "max_probability": 1.0 - p.max(1),
-        "entropy": -(p * logs).sum(1) / norm,
-        "mutual_information": np.zeros(len(p)),
+        "max_probability": 1.0 - np.clip(probs.astype(np.float64), 0.0, 1.0).max(1),
+        "entropy": compare.uncertainty(probs, n_options),
+        "mutual_information": np.zeros(len(probs)),
     }
 
 
@@ -122,6 +121,7 @@ def evaluate(
     questions: Sequence[dict[str, Any]],
     *,
     ood_questions: Sequence[dict[str, Any]] | None = None,
+    val_questions: Sequence[dict[str, Any]] | None = None,
     base: Ensemble | None = None,
     mc_dropout: np.ndarray | None = None,
     scoring: str | None = None,
@@ -137,6 +137,8 @@ def evaluate(
         ensemble: the ensemble to evaluate (M >= 1 members).
         questions: labelled records (:func:`lora_ens_rs.read_questions`).
         ood_questions: records of another distribution, for OOD detection (answers unused).
+        val_questions: labelled validation questions (not the test ones): each member's
+            temperature is fitted there, and the temperature-scaled members are reported.
         base: the zero-shot base model (an :class:`Ensemble` without adapters), scored alike.
         mc_dropout: (N, T, K) probabilities of T MC-dropout samples on ``questions``, to
             report as another ensemble (see ``lora_ens_rs.train``).
@@ -148,7 +150,9 @@ def evaluate(
 
     Returns:
         A dict (also ``metrics.json``): ``ensemble``, ``members`` (list), ``member_mean``,
-        ``base``, ``mc_dropout`` metric dicts, ``disagreement``, ``ood``, and the settings.
+        ``base``, ``mc_dropout``, ``temperature`` metric dicts, ``gains`` (ensemble minus
+        mean member, with 95% paired bootstrap intervals), ``selective`` (AURC per model),
+        ``disagreement``, ``ood``, and the settings.
 
     Raises:
         InputError: no questions, a question without an answer, or an empty ensemble.
@@ -177,7 +181,14 @@ def evaluate(
             "mean_expected_entropy": float(s.expected_entropy.mean()),
         },
     }
+    result["gains"] = compare.gains(s.probs, s.member_probs, answers, n_bins=n_bins)
     curves: dict[str, np.ndarray] = {"ensemble": s.probs, "one member": s.member_probs[:, 0]}
+    ranked = {
+        "one member": (s.member_probs[:, 0], compare.uncertainty(s.member_probs[:, 0],
+                                                                 s.n_options)),
+        "ensemble (entropy)": (s.probs, compare.uncertainty(s.probs, s.n_options)),
+        "ensemble (MI)": (s.probs, s.mutual_information.astype(np.float64)),
+    }  # fmt: skip
     base_scores = None
     if base is not None:
         base_scores = base.score_questions(
@@ -185,12 +196,34 @@ def evaluate(
         )
         result["base"] = metrics.summary(base_scores.probs, answers, n_bins)
         curves = {"zero-shot base": base_scores.probs, **curves}
+        ranked = {"zero-shot base": (base_scores.probs, compare.uncertainty(
+            base_scores.probs, base_scores.n_options)), **ranked}  # fmt: skip
+    if val_questions:
+        v = ensemble.score_questions(
+            val_questions, mode, normalization=norm, batch_size=batch_size, progress=progress
+        )
+        temps, scaled = compare.temperature_scale(v, answers_of(val_questions, "validation"), s)
+        ts = [metrics.summary(scaled[:, m], answers, n_bins) for m in range(scaled.shape[1])]
+        result["temperature"] = {
+            "n_val_questions": len(val_questions),
+            "temperatures": temps,
+            "member_mean": {k: float(np.mean([t[k] for t in ts])) for k in ts[0]},
+            "ensemble_of_scaled": metrics.summary(scaled.mean(1), answers, n_bins),
+        }
+        curves["one member + temperature"] = scaled[:, 0]
+        ranked["one member + temperature"] = (
+            scaled[:, 0], compare.uncertainty(scaled[:, 0], s.n_options))  # fmt: skip
     if mc_dropout is not None:
         mc = np.asarray(mc_dropout, dtype=np.float64)
         if mc.ndim != 3 or mc.shape[0] != len(questions):
             raise InputError(f"mc_dropout must be (N, T, K) with N = {len(questions)}")
         result["mc_dropout"] = metrics.summary(mc.mean(1), answers, n_bins)
         curves["MC dropout"] = mc.mean(1)
+    selective = compare.selective(ranked, answers)
+    result["selective"] = {
+        name: {k: v for k, v in c.items() if k not in ("coverage", "accuracy")}
+        for name, c in selective.items()
+    }
     if ood_questions:
         o = ensemble.score_questions(
             ood_questions, mode, normalization=norm, batch_size=batch_size, progress=progress
@@ -203,7 +236,7 @@ def evaluate(
             result["ood"]["base"] = single_model_ood_detection(base_scores, ob)
     result["seconds"] = time.perf_counter() - t0
     if report_dir is not None:
-        write_report(Path(report_dir), result, curves, answers, n_bins)
+        write_report(Path(report_dir), result, curves, answers, n_bins, selective)
     return result
 
 
@@ -213,6 +246,7 @@ def write_report(
     curves: dict[str, np.ndarray],
     answers: np.ndarray,
     n_bins: int,
+    selective: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """``metrics.json``, ``report.md`` and the plots into ``out`` (each file atomically)."""
     from lora_ens_rs import plots
@@ -223,9 +257,28 @@ def write_report(
         "reliability.png": plots.reliability_diagram(curves, answers, n_bins),
         "confidence_when_wrong.png": plots.confidence_when_wrong(curves, answers),
     }
+    if selective:
+        images["risk_coverage.png"] = plots.risk_coverage(selective)
     for name, fig in images.items():
         plots.save(fig, out / name)
     write_file(out / "report.md", markdown(result, list(images)))
+
+
+def gains_markdown(gains: dict[str, dict[str, float]]) -> list[str]:
+    """Lines of the table of the ensemble's gains over the mean member, with their intervals."""
+    lines = [
+        "",
+        "Ensemble minus mean member (same questions, same members; 95% paired bootstrap "
+        "interval over questions, 2000 resamples):",
+        "",
+        "| metric | difference | 95% interval | interval excludes 0 |",
+        "|---|---:|---:|---|",
+    ]
+    for k, g in gains.items():
+        excl = "yes" if g["low"] > 0 or g["high"] < 0 else "no"
+        lines.append(f"| {k} | {g['estimate']:+.4f} | [{g['low']:+.4f}, {g['high']:+.4f}] "
+                     f"| {excl} |")  # fmt: skip
+    return lines
 
 
 def _row(name: str, m: dict[str, float]) -> str:
@@ -250,9 +303,32 @@ def markdown(result: dict[str, Any], images: list[str]) -> str:
     for name, m in zip(result["members_names"], result["members"], strict=True):
         lines.append(_row(f"member {name}", m))
     lines.append(_row("mean of members", result["member_mean"]))
+    if "temperature" in result:
+        t = result["temperature"]
+        lines.append(_row("member + temperature (mean of members)", t["member_mean"]))
+        lines.append(_row("ensemble of temperature-scaled members", t["ensemble_of_scaled"]))
     if "mc_dropout" in result:
         lines.append(_row("MC dropout", result["mc_dropout"]))
     lines.append(_row(f"**ensemble (M={len(result['members'])})**", result["ensemble"]))
+    if "temperature" in result:
+        temps = ", ".join(f"{x:.2f}" for x in result["temperature"]["temperatures"])
+        lines += ["", f"Temperatures fitted on {result['temperature']['n_val_questions']} "
+                  f"validation questions, one per member: {temps}."]  # fmt: skip
+    lines += gains_markdown(result["gains"])
+    lines += [
+        "",
+        "## Selective prediction",
+        "",
+        "Each model answers its most certain questions first (lowest entropy / ln K, or mutual "
+        "information); AURC = mean error rate over all coverages (lower is better), E-AURC = "
+        "AURC minus the best any ordering reaches on the same predictions.",
+        "",
+        "| model (ordered by) | AURC | E-AURC | accuracy at 50% | accuracy at 80% |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, c in result["selective"].items():
+        lines.append(f"| {name} | {c['aurc']:.3f} | {c['excess_aurc']:.3f} "
+                     f"| {c['accuracy_at_50']:.3f} | {c['accuracy_at_80']:.3f} |")  # fmt: skip
     d = result["disagreement"]
     lines += [
         "",

@@ -1,6 +1,7 @@
 """Plots of ensemble evaluations (matplotlib, headless Agg backend, PNG files):
 
-- reliability diagram: accuracy vs confidence per bin, one line per model;
+- reliability diagram: accuracy vs confidence per bin, one line per model, and questions per bin;
+- risk-coverage: selective accuracy against the share of questions answered;
 - confidence on wrong predictions: how sure each model is when it is wrong;
 - accuracy vs ECE arrows: from one member to the ensemble, per setting;
 - training curves: validation NLL and accuracy per epoch and member.
@@ -38,24 +39,64 @@ def save(fig: Any, path: Path) -> None:
         _plt().close(fig)
 
 
+#: Reliability bins holding fewer questions than this are drawn hollow: their accuracy is too
+#: noisy to read (one question gives 0 or 1).
+MIN_BIN_COUNT = 10
+
+
 def reliability_diagram(
-    curves: Mapping[str, np.ndarray], answers: np.ndarray, n_bins: int = 15
+    curves: Mapping[str, np.ndarray],
+    answers: np.ndarray,
+    n_bins: int = 15,
+    min_count: int = MIN_BIN_COUNT,
 ) -> Any:
-    """Accuracy against mean confidence per bin for each model's (N, K) probabilities; the
-    diagonal is perfect calibration, the legend gives each model's ECE."""
+    """Accuracy against mean confidence per bin for each model's (N, K) probabilities (top),
+    and how many questions fall in each bin (bottom). The diagonal is perfect calibration, the
+    legend gives each model's ECE; bins with fewer than ``min_count`` questions are hollow."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
-    for name, probs in curves.items():
+    for i, (name, probs) in enumerate(curves.items()):
+        color = f"C{i % 10}"
         r = metrics.reliability(probs, answers, n_bins)
         filled = r.count > 0
+        big = r.count >= min_count
         ece = metrics.ece(probs, answers, n_bins)
-        ax.plot(
-            r.confidence[filled], r.accuracy[filled], marker="o", label=f"{name} (ECE {ece:.3f})"
-        )
-    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    ax.set_title("Reliability diagram")
-    ax.legend(loc="upper left", fontsize=8)
+        ax.plot(r.confidence[filled], r.accuracy[filled], color=color, linewidth=1,
+                label=f"{name} (ECE {ece:.3f})")  # fmt: skip
+        ax.scatter(r.confidence[big], r.accuracy[big], color=color, s=18, zorder=3)
+        small = filled & ~big
+        ax.scatter(r.confidence[small], r.accuracy[small], facecolors="none", edgecolors=color,
+                   s=18, zorder=3)  # fmt: skip
+        hist.stairs(r.count, r.edges, color=color, linewidth=1.2)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"Reliability diagram (hollow: bins with < {min_count} questions)", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    hist.axhline(min_count, color="grey", linestyle=":", linewidth=1)
+    hist.set(xlabel="confidence (max probability)", ylabel="questions per bin")
+    fig.tight_layout()
+    return fig
+
+
+def risk_coverage(curves: Mapping[str, dict[str, Any]]) -> Any:
+    """Selective prediction: accuracy on the answered questions against the share answered,
+    answering the most certain first, one line per model (legend: its AURC).
+
+    Args:
+        curves: name -> dict with ``coverage``, ``accuracy`` and ``aurc`` (as
+            :func:`lora_ens_rs.compare.selective` returns).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, (name, c) in enumerate(curves.items()):
+        ax.plot(c["coverage"], c["accuracy"], color=f"C{i % 10}", linewidth=1.2,
+                label=f"{name} (AURC {c['aurc']:.3f})")  # fmt: skip
+    ax.set(xlabel="coverage (share of questions answered)", ylabel="accuracy on those answered",
+           xlim=(0, 1))  # fmt: skip
+    ax.set_title("Selective prediction: answer the most certain first", fontsize=9)
+    ax.legend(fontsize=7)
     return fig
 
 
