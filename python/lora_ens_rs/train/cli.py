@@ -8,9 +8,9 @@ are :class:`TrainConfig`'s fields (help, flag and type in each field's metadata)
 other subcommands share (``--model``, ``--limit``, ``--scoring``, ...) come from the Rust
 command line's definitions. Progress (a bar per epoch with the running loss, one validation
 line per member per epoch) goes to stderr; the ensemble directory is printed on stdout at the
-end. Exit status 0 on success, 1 on an error (printed as ``error: ...``), 2 on a usage error
-(including a flag value out of range, such as ``--lr -1e-3`` or ``--seed 2**70``), 130 when
-interrupted.
+end; under torchrun (``torchrun ... -m lora_ens_rs train ...``) rank 0 alone reports. Exit
+status 0 on success, 1 on an error (printed as ``error: ...``), 2 on a usage error (including
+a flag value out of range, such as ``--lr -1e-3`` or ``--seed 2**70``), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     from lora_ens_rs.train.loop import train_ensemble
 
     result = train_ensemble(config)
+    if result.rank != 0:  # under torchrun rank 0 reports for all
+        return EXIT_OK
     if result.validation is not None and config.progress:
         summary = {
             "members": result.validation["members"],

@@ -237,18 +237,21 @@ def attention_mask(segments: torch.Tensor) -> torch.Tensor:
     return allowed[:, None]
 
 
-def collate(examples: Sequence[Example], n_options: int | None = None) -> Batch:
+def collate(
+    examples: Sequence[Example], n_options: int | None = None, width: int | None = None
+) -> Batch:
     """Pad ``examples`` (one row each) into a :class:`Batch`.
 
     Args:
         examples: the rows, in order (member-major when stacking members).
         n_options: K of the batch (default: the largest ``n_options``).
+        width: pad to at least this many tokens (default: the longest row).
 
     Returns:
         The batch.
     """
     r = len(examples)
-    t = max(len(e.tokens) for e in examples)
+    t = max(width or 0, *(len(e.tokens) for e in examples))
     k = n_options or max(e.n_options for e in examples)
     tokens = torch.zeros((r, t), dtype=torch.long)
     positions = torch.zeros((r, t), dtype=torch.long)

@@ -17,7 +17,9 @@ Each member directory (``m0``, ``m1``, ...) holds ``adapter_config.json`` and
 transformers' model of the GGUF and ``lora_ens_rs.Ensemble`` on the GGUF itself. The whole
 directory is written into a temporary directory beside the target and renamed into place
 (:func:`lora_ens_rs.atomic.atomic_directory`); an existing target is only replaced with
-``overwrite=True``.
+``overwrite=True``. Under torchrun rank 0 opens the temporary directory, every rank writes its
+own members into it, and after a barrier rank 0 writes ``ensemble.json`` and renames it into
+place (``--out`` must then be on a file system every node sees).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +36,9 @@ from safetensors.torch import save_file
 
 import lora_ens_rs
 from lora_ens_rs import _core
-from lora_ens_rs.atomic import atomic_directory
+from lora_ens_rs.atomic import atomic_directory, write_file
 from lora_ens_rs.errors import LoraEnsIOError
+from lora_ens_rs.train.distributed import Shard
 from lora_ens_rs.train.lora import PARENT, LoraStack
 
 MANIFEST = "ensemble.json"
@@ -114,6 +118,7 @@ def export_ensemble(
     training: dict[str, Any],
     validation: dict[str, Any] | None,
     overwrite: bool = False,
+    shard: Shard | None = None,
 ) -> Path:
     """Write the ensemble directory ``out`` (members ``m0..`` and ``ensemble.json``).
 
@@ -134,6 +139,8 @@ def export_ensemble(
         training: the full training config.
         validation: per-member and ensemble validation metrics.
         overwrite: replace an existing ``out``.
+        shard: under torchrun, this rank's place: ``stack`` holds the members
+            ``shard.members`` of ``shard.n_members`` (None: ``stack`` holds them all).
 
     Returns:
         The directory written.
@@ -141,7 +148,8 @@ def export_ensemble(
     Raises:
         LoraEnsIOError: ``out`` exists without ``overwrite``, or writing fails.
     """
-    members = [f"m{m}" for m in range(stack.n_members)]
+    shard = shard or Shard(n_members=stack.n_members, members=list(range(stack.n_members)))
+    members = [f"m{m}" for m in range(shard.n_members)]
     config = adapter_config(
         stack, alpha=alpha, dropout=dropout, rslora=rslora, base_model=base_path
     )
@@ -162,18 +170,27 @@ def export_ensemble(
     )
     check_writable(out, overwrite=overwrite)
     try:
-        with atomic_directory(out, replace=overwrite) as tmp:
-            for m, name in enumerate(members):
-                member_dir = tmp / name
+        with ExitStack() as scope:
+            tmp = (
+                scope.enter_context(atomic_directory(out, replace=overwrite))
+                if shard.is_main
+                else None
+            )
+            tmp = Path(shard.broadcast(str(tmp) if tmp else None, "starting the export"))
+            for i, m in enumerate(shard.members):
+                member_dir = tmp / members[m]
                 member_dir.mkdir()
                 save_file(
-                    member_tensors(stack, m),
+                    member_tensors(stack, i),
                     str(member_dir / "adapter_model.safetensors"),
                     metadata={"format": "pt"},
                 )
                 config_text = json.dumps(config, indent=2) + "\n"
                 (member_dir / "adapter_config.json").write_text(config_text)
-            (tmp / MANIFEST).write_text(manifest.to_json())
+            shard.barrier("exporting the members")
+            if shard.is_main:
+                write_file(tmp / MANIFEST, manifest.to_json())
+        shard.barrier("renaming the ensemble directory into place")
     except OSError as e:
         check_writable(out, overwrite=overwrite)  # ``out`` appeared while writing
         raise LoraEnsIOError(f"cannot write {str(out)!r}: {e}") from e

@@ -15,7 +15,9 @@ every member is validated (accuracy, NLL, ECE with :mod:`lora_ens_rs.metrics`); 
 stopping each member keeps its best epoch's adapters and stops counting once its patience
 runs out. Checkpoints are written each epoch and every ``checkpoint_every`` steps;
 ``resume=True`` continues from the last one and ends with the same adapters as an
-uninterrupted run.
+uninterrupted run. Under torchrun each rank trains its block of members
+(:mod:`lora_ens_rs.train.distributed`); the passes of a step are cut from every member's rows,
+so a member's rows meet the same padding whatever the world size.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import numpy as np
 import torch
 
 from lora_ens_rs.errors import InputError
+from lora_ens_rs.train import checkpoint as ckpt
 from lora_ens_rs.train.base import BaseModel, load_base
-from lora_ens_rs.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from lora_ens_rs.train.config import TrainConfig, parse_layers
 from lora_ens_rs.train.data import (
     Example,
@@ -43,8 +45,9 @@ from lora_ens_rs.train.data import (
     length_buckets,
     load_questions,
 )
+from lora_ens_rs.train.distributed import Shard, shard_from_env
 from lora_ens_rs.train.export import check_writable, export_ensemble
-from lora_ens_rs.train.lora import LoraStack
+from lora_ens_rs.train.lora import LoraStack, dropout_generator
 from lora_ens_rs.train.model import EnsembleModel
 from lora_ens_rs.train.objective import row_losses
 from lora_ens_rs.train.predictions import member_and_ensemble_metrics
@@ -64,6 +67,9 @@ StepCallback = Callable[[dict[str, Any]], None]
 class TrainResult:
     """What :func:`train_ensemble` returns.
 
+    Under torchrun ``model`` holds this rank's members only; ``history`` and ``validation``
+    cover all members on every rank.
+
     Attributes:
         model: the trained ensemble in torch (adapters attached to the base model).
         config: the config it ran with.
@@ -75,6 +81,7 @@ class TrainResult:
         train_examples: the encoded training questions.
         val_examples: the encoded validation questions.
         val_answers: their answers.
+        rank: this process's rank under torchrun (0 otherwise).
     """
 
     model: EnsembleModel
@@ -85,6 +92,7 @@ class TrainResult:
     train_examples: list[Example] = field(repr=False)
     val_examples: list[Example] = field(repr=False)
     val_answers: np.ndarray = field(repr=False)
+    rank: int = 0
 
     def adapters(self) -> dict[str, torch.Tensor]:
         """A copy of the stacked adapter tensors (``"{layer}.{target}.lora_A"`` -> (M, r, in))."""
@@ -94,11 +102,17 @@ class TrainResult:
 class _Trainer:
     """The state of one training run (see :func:`train_ensemble`)."""
 
-    def __init__(self, config: TrainConfig, base: BaseModel, train_q, val_q) -> None:
+    def __init__(
+        self, config: TrainConfig, base: BaseModel, train_q, val_q, shard: Shard | None = None
+    ) -> None:
         self.config = config
         self.base = base
-        self.seeds = config.member_seeds()
-        self.m = config.members
+        self.shard = shard or Shard(n_members=config.members, members=list(range(config.members)))
+        self.members = self.shard.members  # global indices, contiguous
+        self.all_seeds = config.member_seeds()
+        self.seeds = [self.all_seeds[g] for g in self.members]
+        self.n, self.m = config.members, len(self.members)
+        self.generators = [dropout_generator(s) for s in self.seeds]
         tok = base.tokenizer
         enc = dict(scoring=config.scoring, normalization=config.normalization)
         self.train = encode_questions(train_q, tok, source="training data", **enc)
@@ -144,76 +158,58 @@ class _Trainer:
         self.steps = math.ceil(len(self.train) / config.batch_size)
         self.epoch, self.step, self.epoch_losses = 0, 0, []
         self.history: list[dict[str, Any]] = []
-        self.best_nll = [math.inf] * self.m
-        self.best_epoch = [0] * self.m
-        self.bad_epochs = [0] * self.m
-        self.stopped = [False] * self.m
+        # Early-stopping bookkeeping for all members (the same on every rank); adapters local.
+        self.best_nll = [math.inf] * self.n
+        self.best_epoch = [0] * self.n
+        self.bad_epochs = [0] * self.n
+        self.stopped = [False] * self.n
         self.best_state = self.stack.state()
 
     # ---- checkpoints -----------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "epoch_losses": self.epoch_losses,
-            "adapters": self.stack.state(),
-            "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "history": self.history,
-            "best_nll": self.best_nll,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "stopped": self.stopped,
-            "best_state": self.best_state,
-        }
-
-    def restore(self, state: dict[str, Any], where: str) -> None:
-        check_compatible(state["config"], self.config.to_dict(), where)
-        self.stack.load_state(state["adapters"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.epoch_losses = list(state["epoch_losses"])
-        self.history = list(state["history"])
-        self.best_nll = list(state["best_nll"])
-        self.best_epoch = list(state["best_epoch"])
-        self.bad_epochs = list(state["bad_epochs"])
-        self.stopped = list(state["stopped"])
-        self.best_state = dict(state["best_state"])
-
     def checkpoint(self) -> None:
-        directory = self.config.checkpoint_path()
-        if directory is not None:
-            save_checkpoint(directory, self.state())
+        """Each rank writes its members' files; rank 0 commits once all are written."""
+        ckpt.write(self)
+
+    def gather_members(self, local: np.ndarray, axis: int) -> np.ndarray:
+        """Every rank's per-member array, joined along the member ``axis`` in member order."""
+        return np.concatenate(self.shard.gather(local, "sharing validation results"), axis=axis)
 
     # ---- training --------------------------------------------------------------------
 
     def orders(self, epoch: int) -> list[np.ndarray]:
+        """Every member's order (all members: the passes are cut from all their rows)."""
         n = len(self.train)
         if self.config.share_data_order:
-            return [epoch_order(n, self.config.seed, epoch)] * self.m
-        return [epoch_order(n, s, epoch) for s in self.seeds]
+            return [epoch_order(n, self.config.seed, epoch)] * self.n
+        return [epoch_order(n, s, epoch) for s in self.all_seeds]
 
     def train_step(self, rows: list[int]) -> list[float]:
-        """One optimizer step on ``rows`` (member-major, equal counts); each member's mean loss.
+        """One optimizer step on ``rows`` (all members, member-major, equal counts); each of
+        this rank's members' mean loss.
 
-        The rows run in length buckets (see :data:`PASS_COST_TOKENS`), each bucket a forward and
-        backward pass whose rows carry their own member; gradients accumulate, scaled so that
-        the step's gradient is that of the members' summed mean losses.
+        The rows run in length buckets (see :data:`PASS_COST_TOKENS`) cut from every member's
+        rows, each bucket a forward and backward pass over this rank's rows in it, each row
+        with its own member (and dropout stream); gradients accumulate, scaled so that the
+        step's gradient is that of the members' summed mean losses.
         """
         self.stack.train(True)
-        per_member = len(rows) // self.m
-        members = np.repeat(np.arange(self.m), per_member)
+        per_member = len(rows) // self.n
+        members = np.repeat(np.arange(self.n), per_member) - self.members[0]  # local slots
         lengths = [len(self.train[i].tokens) for i in rows]
         totals = torch.zeros(self.m, dtype=torch.float64)
         self.optimizer.zero_grad(set_to_none=True)
-        for bucket in length_buckets(lengths, PASS_COST_TOKENS):
+        for cut in length_buckets(lengths, PASS_COST_TOKENS):
+            bucket = [j for j in cut if 0 <= members[j] < self.m]
+            if not bucket:
+                continue
             part = [rows[j] for j in bucket]
-            batch = collate([self.train[i] for i in part])
+            # Padded as the whole bucket is, so a row's shapes do not depend on the sharding.
+            width = max(lengths[j] for j in cut)
+            k = max(self.train[rows[j]].n_options for j in cut)
+            batch = collate([self.train[i] for i in part], n_options=k, width=width)
             hidden = self.model.hidden_in(part, self.train, self.train_states, batch.width)
-            with self.stack.select(members[bucket].tolist()):  # one member per row
+            with self.stack.select(members[bucket].tolist(), self.generators):  # member per row
                 logp, full = self.model.log_probs(batch, hidden)
             base_logp = None
             if self.base_logp is not None:
@@ -228,7 +224,7 @@ class _Trainer:
         config, bs = self.config, self.config.batch_size
         orders = self.orders(self.epoch)
         bar = None
-        if config.progress:
+        if config.progress and self.shard.is_main:
             from tqdm.auto import tqdm
 
             desc = f"epoch {self.epoch + 1}/{config.epochs}"
@@ -255,31 +251,36 @@ class _Trainer:
                 bar.close()
 
     def end_epoch(self) -> None:
-        record: dict[str, Any] = {
-            "epoch": self.epoch + 1,
-            "train_loss": np.mean(self.epoch_losses, axis=0).tolist(),
-        }
+        losses = self.gather_members(np.mean(self.epoch_losses, axis=0), axis=0)
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": losses.tolist()}
         if self.val:
-            probs = self.model.member_probs(
-                self.val, states=self.val_states, batch_size=self.config.eval_batch_size
-            )
+            probs = self.val_probs()
             record["val"], record["ensemble"] = member_and_ensemble_metrics(probs, self.val_answers)
             self.early_stopping(record["val"])
         self.history.append(record)
-        if self.config.progress:
+        if self.config.progress and self.shard.is_main:
             self.print_epoch(record)
         self.epoch, self.step, self.epoch_losses = self.epoch + 1, 0, []
         self.checkpoint()
 
+    def val_probs(self) -> np.ndarray:
+        """(N, M, K) validation probabilities of all members."""
+        bs = self.config.eval_batch_size
+        local = self.model.member_probs(self.val, states=self.val_states, batch_size=bs)
+        return self.gather_members(local, axis=1)
+
     def early_stopping(self, val: list[dict[str, float]]) -> None:
+        """Bookkeeping for all members; best adapters kept for this rank's."""
         current = None
-        for m in range(self.m):
+        for m in range(self.n):
             if self.stopped[m]:
                 continue
             if val[m]["nll"] < self.best_nll[m]:
-                current = current if current is not None else self.stack.state()
-                for key, tensor in current.items():
-                    self.best_state[key][m] = tensor[m]
+                i = m - self.members[0]
+                if 0 <= i < self.m:
+                    current = current if current is not None else self.stack.state()
+                    for key, tensor in current.items():
+                        self.best_state[key][i] = tensor[i]
                 self.best_nll[m], self.best_epoch[m], self.bad_epochs[m] = (
                     val[m]["nll"],
                     self.epoch + 1,
@@ -313,9 +314,7 @@ class _Trainer:
             self.stack.load_state(self.best_state)
         if not self.val:
             return None
-        probs = self.model.member_probs(
-            self.val, states=self.val_states, batch_size=self.config.eval_batch_size
-        )
+        probs = self.val_probs()
         members, ensemble = member_and_ensemble_metrics(probs, self.val_answers)
         if self.config.early_stopping is not None:
             for m, record in enumerate(members):
@@ -360,20 +359,31 @@ def train_ensemble(
         (3, 'demo')
     """
     config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides}).validate()
+    with shard_from_env(config.members) as shard:
+        return _train(config, shard, train, val, callback)
+
+
+def _train(
+    config: TrainConfig,
+    shard: Shard,
+    train: Sequence[Question] | None,
+    val: Sequence[Question] | None,
+    callback: StepCallback | None,
+) -> TrainResult:
     if config.out is not None:
         check_writable(config.out, overwrite=config.overwrite)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     train_q, val_q = load_questions(config, train, val)
     base = load_base(config.model, dtype=config.dtype)
-    torch.manual_seed(config.seed)  # LoRA dropout masks
-    trainer = _Trainer(config, base, train_q, val_q)
+    torch.manual_seed(config.seed)
+    trainer = _Trainer(config, base, train_q, val_q, shard)
     if config.resume:
         where = config.checkpoint_path()
-        state = load_checkpoint(where) if where is not None else None
+        state = ckpt.load_checkpoint(where) if where is not None else None
         if state is None:
             raise InputError(f"resume: no checkpoint in {where!r}")
-        trainer.restore(state, repr(where))
+        ckpt.restore(trainer, state, str(where))
     while trainer.epoch < config.epochs and not all(trainer.stopped):
         trainer.run_epoch(callback)
         trainer.end_epoch()
@@ -389,7 +399,7 @@ def train_ensemble(
             alpha=config.alpha,
             dropout=config.dropout,
             rslora=config.rslora,
-            seeds=trainer.seeds,
+            seeds=trainer.all_seeds,
             labels=trainer.labels,
             scoring={
                 "mode": config.scoring,
@@ -399,6 +409,7 @@ def train_ensemble(
             training={**config.to_dict(), "layers_resolved": trainer.stack.layers},
             validation=validation,
             overwrite=config.overwrite,
+            shard=shard,
         )
     return TrainResult(
         model=trainer.model,
@@ -409,4 +420,5 @@ def train_ensemble(
         train_examples=trainer.train,
         val_examples=trainer.val,
         val_answers=trainer.val_answers,
+        rank=shard.rank,
     )

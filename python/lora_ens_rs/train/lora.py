@@ -12,6 +12,8 @@ weight is applied once to the whole stack and each member adds
 ``scaling * (x_m A_m^T) B_m^T`` by batched matmul. A is initialised as PEFT does
 (``kaiming_uniform_(a=sqrt(5))`` on each member's (r, in) matrix) from a generator seeded by
 that member's seed, B is zero, so a batched run of M members equals M single-member runs.
+In training, LoRA dropout draws each row's mask from its member's own generator
+(:func:`dropout_generator`), so a member's masks do not depend on which members share its pass.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,6 +71,7 @@ class MultiLoraLinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
         self._selected: torch.Tensor | None = None
+        self._row_generators: list[torch.Generator] | None = None
 
     def reset_member(self, m: int, generator: torch.Generator) -> None:
         """PEFT's initialisation of member ``m``: A kaiming-uniform from ``generator``, B zero."""
@@ -96,9 +100,37 @@ class MultiLoraLinear(nn.Module):
                 f"the leading axis ({x.shape[0]}) is not a multiple of the {m} members"
             )
         # The adapters stay fp32 on a bf16/fp16 base: the update is computed in fp32.
-        xs = self.dropout(x).reshape(m, -1, x.shape[-1]).to(a.dtype)
+        xs = self._dropout(x).reshape(m, -1, x.shape[-1]).to(a.dtype)
         delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2))
         return y + (self.scaling * delta).reshape(y.shape).to(y.dtype)
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout on the adapter input; with row generators, row i's mask comes from the i-th.
+
+        Per-row generators make a member's masks a function of its own stream and its rows'
+        (padded) shapes, not of the rows of other members in the same pass.
+        """
+        gens = self._row_generators
+        if gens is None or not self.training or not isinstance(self.dropout, nn.Dropout):
+            return self.dropout(x)
+        p = self.dropout.p
+        if len(gens) != x.shape[0]:
+            raise InputError(f"{len(gens)} dropout generators for {x.shape[0]} rows")
+        keep = torch.empty((x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+        for i, generator in enumerate(gens):  # (T, in) per row, drawn in row order
+            keep[i].bernoulli_(1.0 - p, generator=generator)
+        return x * keep / (1.0 - p)
+
+
+def dropout_generator(seed: int) -> torch.Generator:
+    """The LoRA dropout stream of the member with ``seed`` in training.
+
+    Seeded from (seed, a fixed stream tag), so it is independent of the A initialisation
+    drawn from ``manual_seed(seed)`` and of any other member.
+    """
+    tag = 0x64726F70  # "drop"
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, tag])
+    return torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0]))
 
 
 class LoraStack:
@@ -250,18 +282,27 @@ class LoraStack:
                 module.enabled = True
 
     @contextmanager
-    def select(self, members: Sequence[int]) -> Iterator[None]:
-        """Run with the listed members (repeats allowed) as the member axis."""
+    def select(
+        self, members: Sequence[int], generators: Sequence[torch.Generator] | None = None
+    ) -> Iterator[None]:
+        """Run with the listed members (repeats allowed) as the member axis.
+
+        Args:
+            members: the member of each slot of the leading axis.
+            generators: one dropout generator per member of the stack (training: each row's
+                dropout mask is drawn from its member's generator); None: torch's global RNG.
+        """
         index = torch.tensor(list(members), dtype=torch.long)
         if len(index) == 0 or index.min() < 0 or index.max() >= self.n_members:
             raise InputError(f"members {list(members)} out of range 0..{self.n_members - 1}")
+        rows = None if generators is None else [generators[int(m)] for m in members]
         for module in self.modules.values():
-            module._selected = index
+            module._selected, module._row_generators = index, rows
         try:
             yield
         finally:
             for module in self.modules.values():
-                module._selected = None
+                module._selected, module._row_generators = None, None
 
     def norms(self) -> list[float]:
         """Each member's Frobenius norm over all its A and B matrices."""
