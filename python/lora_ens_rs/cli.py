@@ -3,7 +3,7 @@
 The table of subcommands is the Rust parser's (``rust/lora-ens-cli``; ``lora-ens-rs --help``
 lists all of them): ``fetch-model``, ``infer``, ``generate`` and ``serve`` run in that same Rust
 code through ``_core.cli_main``; ``train``, ``eval``, ``experiment`` and ``convert`` need torch
-and run here.
+and run here, as does ``infer --ray`` (:mod:`lora_ens_rs.ray_cli`).
 Options several subcommands share (``--model``, ``--adapters``, ``--limit``, ...) are defined
 once, in ``rust/lora-ens-cli/src/options.rs``; :func:`add_shared_options` adds them to an
 argparse parser. Exit status everywhere: 0 success, 1 error (one line ``error: ...`` on
@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(PYTHON_MAIN[args[0]])
         code: int = module.main(args[1:])
         return code
+    if args[:1] == ["infer"]:
+        from lora_ens_rs import ray_cli
+
+        if ray_cli.wants_ray(args[1:]):  # on Ray, in Python; the Rust parser has no --ray
+            return ray_cli.main(args[1:])
     try:
         return _core.cli_main(["lora-ens-rs", *args], python=sys.executable)
     except KeyboardInterrupt:  # the Rust command stopped between batches; nothing written
