@@ -79,14 +79,14 @@ fuzz:  ## Fuzz the adapter, adapter-config, manifest and GGUF readers for FUZZ_S
 DEMO_DATA := python/lora_ens_rs/datasets/commonsenseqa
 DEMO_RUN := runs/demo
 DEMO_REPORT := reports/demo
-demo: setup  ## Install everything, then train a 5-member LoRA ensemble on CommonsenseQA, evaluate it and run infer (~6 min after setup)
-	@echo "== 1/3 train: 5 LoRA members (top 4 layers, q/v/up/down, r=8) on 300 CommonsenseQA training questions =="
+demo: setup  ## Install everything, then train a 5-member LoRA ensemble on CommonsenseQA, evaluate it against its members, temperature scaling and the base, and run infer (~7 min after setup)
+	@echo "== 1/3 train: 5 LoRA members (top 4 layers, q/v/up/down, r=8), 3 epochs at lr 1e-3 on 300 CommonsenseQA training questions =="
 	$(BIN)/lora-ens-rs train $(DEMO_DATA)/train.jsonl --limit 300 --members 5 --layers top4 \
 		--targets q_proj,v_proj,up_proj,down_proj --scoring choices --normalization per_token \
-		--epochs 2 --early-stopping 1 --lr 1e-3 --batch-size 4 --out $(DEMO_RUN) --overwrite
-	@echo "== 2/3 eval: 150 CommonsenseQA dev questions, ensemble vs each member vs the zero-shot base =="
-	$(BIN)/lora-ens-rs eval --data $(DEMO_DATA)/dev.jsonl --limit 150 --adapters $(DEMO_RUN) \
-		--report $(DEMO_REPORT)
+		--epochs 3 --lr 1e-3 --batch-size 4 --out $(DEMO_RUN) --overwrite
+	@echo "== 2/3 eval: 250 CommonsenseQA dev questions, 50 to fit each member's temperature, 200 to test ensemble vs members vs base =="
+	$(BIN)/lora-ens-rs eval --data $(DEMO_DATA)/dev.jsonl --limit 250 --val-fraction 0.2 \
+		--adapters $(DEMO_RUN) --report $(DEMO_REPORT)
 	@echo "== 3/3 infer: per-question probabilities and uncertainty of the ensemble =="
 	$(BIN)/lora-ens-rs infer $(DEMO_DATA)/dev.jsonl --adapters $(DEMO_RUN) --limit 5
 	@echo "== report with plots: $(DEMO_REPORT)/report.md; ensemble (PEFT members + ensemble.json): $(DEMO_RUN) =="
